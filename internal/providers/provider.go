@@ -1,0 +1,132 @@
+// Package providers is the contract between the broker and the code that
+// speaks one upstream token protocol (a provider), and the registry that maps
+// a provider type named in the configuration to its implementation.
+//
+// The broker owns caching, locking and the durable grant store; a provider
+// only talks to its upstream. Implementations live in sub-packages and never
+// import one another; only package builtin imports them all.
+package providers
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+// A Provider obtains tokens from one upstream authorization server for one
+// connection. Token must be safe for concurrent use. It never reads or writes
+// the cache: anything that must outlive the call comes back in Token.Grant.
+type Provider interface {
+	// Token runs the provider's full grant (client credentials, a signed
+	// password grant, …) for req.Scopes. Errors wrap ErrRejected (with an
+	// *OAuthError) when the upstream refused, ErrUnavailable when it could
+	// not be reached or failed, and ErrInvalidResponse when its answer made
+	// no sense. Providers that need a person's approval first (Authorizers)
+	// return ErrNeedsAuthorization.
+	Token(ctx context.Context, req Request) (*Token, error)
+}
+
+// A Refresher is a Provider that can redeem a stored grant's refresh token
+// (RFC 6749 §6). The broker calls Refresh instead of Token whenever a usable
+// grant is stored. An upstream invalid_grant comes back as an *OAuthError
+// with Code "invalid_grant" under ErrRejected; the broker decides what follows.
+type Refresher interface {
+	Refresh(ctx context.Context, req Request, g *Grant) (*Token, error)
+}
+
+// An Authorizer is a Provider whose grant starts with a person approving
+// access in a browser (RFC 6749 §4.1).
+type Authorizer interface {
+	// AuthCodeURL returns the URL that asks the person for approval, carrying
+	// state, which the upstream hands back with the code.
+	AuthCodeURL(state string) string
+	// Exchange redeems a single-use authorization code. The returned token's
+	// Grant holds everything needed to refresh later (and, for public
+	// clients, the device secret used for this exchange).
+	Exchange(ctx context.Context, code string) (*Token, error)
+}
+
+// A Describer reports public facts about a connection for ListConnections,
+// such as an account address. It must never return secrets.
+type Describer interface {
+	Describe() map[string]string
+}
+
+// A Request asks a provider for a token.
+type Request struct {
+	// Scopes are sorted and unique; empty means the connection's default.
+	Scopes []string
+}
+
+// A Token is what a provider returns.
+type Token struct {
+	AccessToken secret.Value
+	// TokenType as the upstream sent it ("bearer", "Bearer", …).
+	TokenType string
+	// Expiry is computed by the provider from its protocol's semantics,
+	// using the clock reading taken before the request was sent.
+	Expiry time.Time
+	// Scopes granted; nil when the upstream did not say.
+	Scopes []string
+	// Grant, when non-nil, is new durable state (a first or rotated refresh
+	// token) that the broker stores before it hands out AccessToken. A
+	// Grant with an empty RefreshToken on a refresh keeps the stored one.
+	Grant *Grant
+}
+
+// GrantState says whether a grant can be used without a person.
+type GrantState string
+
+const (
+	GrantReady              GrantState = "ready"
+	GrantNeedsAuthorization GrantState = "needs_authorization"
+	GrantRevoked            GrantState = "revoked"
+)
+
+// A Grant is durable state that lets the broker get the next token without a
+// person: never evicted, survives restarts.
+type Grant struct {
+	State        GrantState
+	RefreshToken secret.Value
+	// RefreshExpiry is when RefreshToken stops working; zero when unknown.
+	RefreshExpiry time.Time
+	// DeviceSecret is the per-grant client secret of a public client (WAX
+	// device-secret mode), used for the exchange and every refresh.
+	DeviceSecret secret.Value
+	// Scopes the upstream granted.
+	Scopes    []string
+	UpdatedAt time.Time
+}
+
+// Usable reports whether g can be refreshed at now.
+func (g *Grant) Usable(now time.Time) bool {
+	return g != nil && g.State == GrantReady && !g.RefreshToken.IsZero() &&
+		(g.RefreshExpiry.IsZero() || now.Before(g.RefreshExpiry))
+}
+
+// A Config is one provider type's connection settings, decoded from the
+// `config` block of a connection in the broker's YAML file.
+type Config interface {
+	// Validate reports every problem at once (errors.Join), naming each
+	// setting by its YAML key. It reads no files and dials nothing.
+	Validate() error
+	// Open applies defaults, reads referenced secrets through env.Secrets and
+	// returns a ready provider. It dials nothing.
+	Open(env Env) (Provider, error)
+}
+
+// Env is what a provider may use from its surroundings. Time and randomness
+// are injected so tests control them.
+type Env struct {
+	// Name of the connection, for messages.
+	Name       string
+	Now        func() time.Time
+	Rand       io.Reader
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+	Secrets    secret.Loader
+}
