@@ -1,0 +1,83 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+// cachedToken is a Token with the moment it stops being served.
+type cachedToken struct {
+	Token
+	freshUntil time.Time
+}
+
+// tokenRecord is the stored form of a token. Field names are short because
+// there is one record per cached token.
+type tokenRecord struct {
+	V int      `json:"v"`
+	A string   `json:"a"`
+	T string   `json:"t,omitempty"`
+	E int64    `json:"e"` // expiry, Unix ms
+	F int64    `json:"f"` // fresh until, Unix ms
+	S []string `json:"s,omitempty"`
+}
+
+func encodeToken(t *Token, freshUntil time.Time) []byte {
+	b, _ := json.Marshal(tokenRecord{V: 1, A: t.AccessToken.Reveal(), T: t.TokenType,
+		E: t.Expiry.UnixMilli(), F: freshUntil.UnixMilli(), S: t.Scopes})
+	return b
+}
+
+func decodeToken(raw []byte) (*cachedToken, error) {
+	var r tokenRecord
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("decode token record: %w", err)
+	}
+	if r.V != 1 || r.A == "" {
+		return nil, fmt.Errorf("decode token record: unsupported version %d or empty token", r.V)
+	}
+	return &cachedToken{
+		Token: Token{AccessToken: secret.New(r.A), TokenType: r.T,
+			Expiry: time.UnixMilli(r.E), Scopes: r.S},
+		freshUntil: time.UnixMilli(r.F),
+	}, nil
+}
+
+type grantRecord struct {
+	V             int      `json:"v"`
+	State         string   `json:"state"`
+	RefreshToken  string   `json:"rt,omitempty"`
+	RefreshExpiry int64    `json:"rt_exp,omitempty"` // Unix ms
+	DeviceSecret  string   `json:"ds,omitempty"`
+	Scopes        []string `json:"scopes,omitempty"`
+	UpdatedAt     int64    `json:"updated"` // Unix ms
+}
+
+func encodeGrant(g *providers.Grant) ([]byte, error) {
+	r := grantRecord{V: 1, State: string(g.State), RefreshToken: g.RefreshToken.Reveal(),
+		DeviceSecret: g.DeviceSecret.Reveal(), Scopes: g.Scopes, UpdatedAt: g.UpdatedAt.UnixMilli()}
+	if !g.RefreshExpiry.IsZero() {
+		r.RefreshExpiry = g.RefreshExpiry.UnixMilli()
+	}
+	return json.Marshal(r)
+}
+
+func decodeGrant(raw []byte) (*providers.Grant, error) {
+	var r grantRecord
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("decode grant record: %w", err)
+	}
+	if r.V != 1 {
+		return nil, fmt.Errorf("decode grant record: unsupported version %d", r.V)
+	}
+	g := &providers.Grant{State: providers.GrantState(r.State), RefreshToken: secret.New(r.RefreshToken),
+		DeviceSecret: secret.New(r.DeviceSecret), Scopes: r.Scopes, UpdatedAt: time.UnixMilli(r.UpdatedAt)}
+	if r.RefreshExpiry != 0 {
+		g.RefreshExpiry = time.UnixMilli(r.RefreshExpiry)
+	}
+	return g, nil
+}

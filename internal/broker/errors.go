@@ -1,0 +1,12 @@
+package broker
+
+import "errors"
+
+var (
+	// ErrUnknownConnection: no connection has the requested name.
+	ErrUnknownConnection = errors.New("unknown connection")
+	// ErrInvalidArgument: the request is malformed (the message says how).
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrStore: the durable store failed, so no token was handed out.
+	ErrStore = errors.New("state store failed")
+)

@@ -1,0 +1,294 @@
+// Package config loads the broker's YAML configuration.
+//
+// Decoding is strict: an unknown key is an error, and every problem in the
+// file is reported at once, each prefixed with its path, such as
+// `connections[2].token_url: required`. Secrets are never written in the
+// file: settings such as client_secret name a file or an environment
+// variable (secret.Ref) and are read when a provider is opened.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+// Defaults.
+const (
+	DefaultGRPCAddr  = ":9090"
+	DefaultAdminAddr = ":9091"
+	DefaultSkew      = 60 * time.Second
+	DefaultKeyPrefix = "tokenbroker:v1:"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Listen      Listen       `yaml:"listen"`
+	Log         Log          `yaml:"log"`
+	Cache       Cache        `yaml:"cache"`
+	Connections []Connection `yaml:"connections"`
+}
+
+// Listen holds the listen addresses.
+type Listen struct {
+	// GRPC is the gRPC API address (default ":9090").
+	GRPC string `yaml:"grpc"`
+	// Admin is the HTTP address for /healthz, /readyz, /metrics and the
+	// OAuth callback (default ":9091").
+	Admin string `yaml:"admin"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+}
+
+// Cache chooses the shared store.
+type Cache struct {
+	// Type is "memory" (default: embedded, one replica) or "redis".
+	Type string `yaml:"type"`
+	// StateFile, in memory mode, keeps durable state (grants) across
+	// restarts. Empty keeps it in memory only.
+	StateFile string `yaml:"state_file"`
+	Redis     Redis  `yaml:"redis"`
+}
+
+// Redis configures the Redis cache.
+type Redis struct {
+	// Addrs are host:port pairs: one node, the Sentinels (with
+	// master_name), or cluster seed nodes (with cluster: true).
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	Cluster    bool     `yaml:"cluster"`
+	Username   string   `yaml:"username"`
+	// Password is read from a file or environment variable.
+	Password         secret.Ref `yaml:"password"`
+	SentinelUsername string     `yaml:"sentinel_username"`
+	SentinelPassword secret.Ref `yaml:"sentinel_password"`
+	DB               int        `yaml:"db"`
+	// KeyPrefix namespaces every key (default "tokenbroker:v1:").
+	KeyPrefix   string             `yaml:"key_prefix"`
+	DialTimeout providers.Duration `yaml:"dial_timeout"`
+}
+
+// Connection is one configured upstream account. The keys besides name,
+// type and skew belong to the provider type and are decoded into Provider.
+type Connection struct {
+	// Name is what callers pass as GetToken's connection.
+	Name string `yaml:"name"`
+	// Type is the provider type, e.g. client_credentials, wx, wax.
+	Type string `yaml:"type"`
+	// Skew: a token is not served, and leaves the cache, this long before
+	// it expires (default 60s; at most half the token's lifetime).
+	Skew providers.Duration `yaml:"skew"`
+
+	// Provider is the provider type's own settings.
+	Provider providers.Config `yaml:"-"`
+}
+
+var connectionKeys = []string{"name", "type", "skew"}
+
+// NamePattern is what a connection name must match.
+var NamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
+
+// Parse decodes and validates a configuration file. The error lists every
+// problem found.
+func Parse(data []byte, reg *providers.Registry) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	c := &Config{}
+	var errs []error
+	if root.Kind != 0 {
+		errs = decodeStrict(&root, c, "", "connections")
+		errs = append(errs, c.decodeConnections(&root, reg)...)
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) decodeConnections(root *yaml.Node, reg *providers.Registry) []error {
+	doc := root
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		doc = doc.Content[0]
+	}
+	var list *yaml.Node
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		if doc.Content[i].Value == "connections" {
+			list = doc.Content[i+1]
+		}
+	}
+	if list == nil || list.Tag == "!!null" {
+		return nil
+	}
+	if list.Kind != yaml.SequenceNode {
+		return []error{errors.New("connections: must be a list")}
+	}
+	var errs []error
+	for i, item := range list.Content {
+		path := fmt.Sprintf("connections[%d]", i)
+		if item.Kind != yaml.MappingNode {
+			errs = append(errs, fmt.Errorf("%s: must be a mapping", path))
+			continue
+		}
+		var conn Connection
+		common, rest := split(item, connectionKeys)
+		errs = append(errs, decodeStrict(common, &conn, path)...)
+		if conn.Type != "" {
+			pc, err := reg.NewConfig(conn.Type)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.type: %w", path, err))
+			} else {
+				errs = append(errs, decodeStrict(rest, pc, path)...)
+				conn.Provider = pc
+			}
+		}
+		c.Connections = append(c.Connections, conn)
+	}
+	return errs
+}
+
+// split divides a mapping node into the keys in keys and the rest.
+func split(m *yaml.Node, keys []string) (in, out *yaml.Node) {
+	in = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	out = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		dst := out
+		for _, k := range keys {
+			if m.Content[i].Value == k {
+				dst = in
+			}
+		}
+		dst.Content = append(dst.Content, m.Content[i], m.Content[i+1])
+	}
+	return in, out
+}
+
+func (c *Config) applyDefaults() {
+	if c.Listen.GRPC == "" {
+		c.Listen.GRPC = DefaultGRPCAddr
+	}
+	if c.Listen.Admin == "" {
+		c.Listen.Admin = DefaultAdminAddr
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Cache.Type == "" {
+		c.Cache.Type = "memory"
+	}
+	if c.Cache.Redis.KeyPrefix == "" {
+		c.Cache.Redis.KeyPrefix = DefaultKeyPrefix
+	}
+	for i := range c.Connections {
+		if c.Connections[i].Skew.Duration == 0 {
+			c.Connections[i].Skew.Duration = DefaultSkew
+		}
+	}
+}
+
+// Validate reports every problem at once. It reads no files and dials nothing.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, l := range []struct{ key, addr string }{{"listen.grpc", c.Listen.GRPC}, {"listen.admin", c.Listen.Admin}} {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			add("%s: invalid address %q: want host:port or :port", l.key, l.addr)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level: must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Cache.Type {
+	case "memory":
+	case "redis":
+		r := c.Cache.Redis
+		if len(r.Addrs) == 0 {
+			add("cache.redis.addrs: required when cache.type is redis")
+		}
+		if r.MasterName != "" && r.Cluster {
+			add("cache.redis: master_name (Sentinel) and cluster are mutually exclusive")
+		}
+		if r.Cluster && r.DB != 0 {
+			add("cache.redis.db: must be 0 in cluster mode")
+		}
+		if !r.Password.IsZero() {
+			if err := r.Password.Validate(); err != nil {
+				add("cache.redis.password: %v", err)
+			}
+		}
+		if !r.SentinelPassword.IsZero() {
+			if err := r.SentinelPassword.Validate(); err != nil {
+				add("cache.redis.sentinel_password: %v", err)
+			}
+		}
+	default:
+		add("cache.type: must be memory or redis, got %q", c.Cache.Type)
+	}
+	if len(c.Connections) == 0 {
+		add("connections: at least one connection is required")
+	}
+	seen := map[string]int{}
+	for i, conn := range c.Connections {
+		path := fmt.Sprintf("connections[%d]", i)
+		switch {
+		case conn.Name == "":
+			add("%s.name: required", path)
+		case !NamePattern.MatchString(conn.Name):
+			add("%s.name: %q must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting and ending with a letter or digit", path, conn.Name)
+		default:
+			if j, dup := seen[conn.Name]; dup {
+				add("%s.name: %q is already used by connections[%d]", path, conn.Name, j)
+			}
+			seen[conn.Name] = i
+		}
+		if conn.Type == "" {
+			add("%s.type: required", path)
+		}
+		if conn.Skew.Duration < 0 {
+			add("%s.skew: must not be negative", path)
+		}
+		if conn.Provider != nil {
+			errs = append(errs, prefix(path+".", conn.Provider.Validate())...)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// prefix returns err's parts (for an errors.Join) each prefixed with p.
+func prefix(p string, err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, prefix(p, e)...)
+		}
+		return out
+	}
+	return []error{fmt.Errorf("%s%w", p, err)}
+}
+
+// OpenError collects a connection's failure to open.
+func OpenError(i int, name string, err error) error {
+	parts := prefix(fmt.Sprintf("connections[%d] (%s): ", i, name), err)
+	return errors.Join(parts...)
+}
