@@ -1,0 +1,145 @@
+// Package server exposes the broker as tokenbroker.v1.TokenBrokerService.
+// It checks requests, calls the broker, and maps every error to a gRPC
+// status in one place (toStatus).
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// Limits on request fields, beyond the broker's own checks.
+const (
+	MaxConnectionName = 64
+	MaxTokenLength    = 16 << 10
+)
+
+// Config holds the service's dependencies.
+type Config struct {
+	Broker *broker.Broker
+	Logger *slog.Logger
+}
+
+// Service implements tokenbrokerv1.TokenBrokerServiceServer.
+type Service struct {
+	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
+	b   *broker.Broker
+	log *slog.Logger
+}
+
+// New returns the service.
+func New(c Config) *Service {
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{b: c.Broker, log: log}
+}
+
+// RegisterService registers svc on s.
+func RegisterService(s grpc.ServiceRegistrar, svc *Service) {
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(s, svc)
+}
+
+// GetToken implements the RPC.
+func (s *Service) GetToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+	if err := checkConnection(req.GetConnection()); err != nil {
+		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
+	}
+	var minTTL time.Duration
+	if d := req.GetMinTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), invalid("min_ttl: %v", err))
+		}
+		minTTL = d.AsDuration()
+	}
+	t, err := s.b.GetToken(ctx, broker.Request{
+		Connection:   req.GetConnection(),
+		Scopes:       req.GetScopes(),
+		MinTTL:       minTTL,
+		ForceRefresh: req.GetForceRefresh(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
+	}
+	return &tokenbrokerv1.GetTokenResponse{
+		AccessToken: t.AccessToken.Reveal(),
+		TokenType:   t.TokenType,
+		ExpiresAt:   timestamppb.New(t.Expiry),
+		Scopes:      t.Scopes,
+	}, nil
+}
+
+// InvalidateToken implements the RPC.
+func (s *Service) InvalidateToken(ctx context.Context, req *tokenbrokerv1.InvalidateTokenRequest) (*tokenbrokerv1.InvalidateTokenResponse, error) {
+	if err := checkConnection(req.GetConnection()); err != nil {
+		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), err)
+	}
+	if len(req.GetAccessToken()) > MaxTokenLength {
+		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), invalid("access_token: longer than %d bytes", MaxTokenLength))
+	}
+	done, err := s.b.Invalidate(ctx, req.GetConnection(), req.GetScopes(), req.GetAccessToken())
+	if err != nil {
+		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), err)
+	}
+	return &tokenbrokerv1.InvalidateTokenResponse{Invalidated: done}, nil
+}
+
+// ListConnections implements the RPC.
+func (s *Service) ListConnections(ctx context.Context, _ *tokenbrokerv1.ListConnectionsRequest) (*tokenbrokerv1.ListConnectionsResponse, error) {
+	infos := s.b.Connections(ctx)
+	resp := &tokenbrokerv1.ListConnectionsResponse{Connections: make([]*tokenbrokerv1.Connection, 0, len(infos))}
+	for _, info := range infos {
+		resp.Connections = append(resp.Connections, connectionProto(info))
+	}
+	return resp, nil
+}
+
+func connectionProto(info broker.ConnectionInfo) *tokenbrokerv1.Connection {
+	c := &tokenbrokerv1.Connection{
+		Name:          info.Name,
+		Provider:      info.Type,
+		State:         stateProto(info.State),
+		GrantedScopes: info.GrantedScopes,
+		Details:       info.Details,
+		LastError:     info.LastError,
+	}
+	if !info.TokenExpiry.IsZero() {
+		c.TokenExpiresAt = timestamppb.New(info.TokenExpiry)
+	}
+	return c
+}
+
+func stateProto(s broker.ConnectionState) tokenbrokerv1.ConnectionState {
+	switch s {
+	case broker.StateReady:
+		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY
+	case broker.StateNeedsAuthorization:
+		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION
+	case broker.StateRevoked:
+		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_REVOKED
+	case broker.StateFailing:
+		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_FAILING
+	}
+	return tokenbrokerv1.ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+func checkConnection(name string) error {
+	if name == "" {
+		return invalid("connection: required")
+	}
+	if len(name) > MaxConnectionName {
+		return invalid("connection: longer than %d bytes", MaxConnectionName)
+	}
+	return nil
+}
+
+var _ = durationpb.New // min_ttl is a google.protobuf.Duration
