@@ -112,7 +112,7 @@ func Parse(data []byte, reg *providers.Registry) (*Config, error) {
 		errs = decodeStrict(&root, c, "", "connections")
 		errs = append(errs, c.decodeConnections(&root, reg)...)
 	}
-	c.applyDefaults()
+	c.ApplyDefaults()
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -179,7 +179,9 @@ func split(m *yaml.Node, keys []string) (in, out *yaml.Node) {
 	return in, out
 }
 
-func (c *Config) applyDefaults() {
+// ApplyDefaults fills unset settings with their defaults. Parse calls it;
+// call it on a Config built in code before Validate.
+func (c *Config) ApplyDefaults() {
 	if c.Listen.GRPC == "" {
 		c.Listen.GRPC = DefaultGRPCAddr
 	}
