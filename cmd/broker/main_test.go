@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	rpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/tokenbroker/tokenbroker/internal/testutil/logtest"
+)
+
+var brokerBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "broker-bin")
+	if err != nil {
+		panic(err)
+	}
+	brokerBin = filepath.Join(dir, "broker")
+	out, err := exec.Command("go", "build", "-race", "-o", brokerBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build broker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestCheckConfigListsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+listen: {grpc: "127.0.0.1:0"}
+colour: blue
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: https://pay.example/o/token/
+    client_id: svc
+    client_secret: {file: `+filepath.Join(dir, "missing-secret")+`}
+  - name: pay
+    type: client_credentials
+    client_id: svc
+    client_secret: {env: SOME_SECRET}
+    timeout: soon
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"-config", cfg, "-check-config"}, {"-config", cfg}} {
+		t.Run(strings.Join(args[2:], " ")+"start", func(t *testing.T) {
+			out, err := exec.Command(brokerBin, args...).CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("broker %v: err = %v; want a non-zero exit\n%s", args, err, out)
+			}
+			for _, want := range []string{
+				"colour: unknown setting",
+				`connections[1].name: "pay" is already used by connections[0]`,
+				"connections[1].token_url: required",
+				`connections[1].timeout: line 15: invalid duration "soon"`,
+			} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+	// A config whose only problem is an unreadable secret file fails when
+	// secrets are read, still before serving.
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(`
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: https://pay.example/o/token/
+    client_id: svc
+    client_secret: {file: `+filepath.Join(dir, "missing-secret")+`}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(brokerBin, "-config", good, "-check-config").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "connections[0] (pay): client_secret: read file") {
+		t.Errorf("unreadable secret: err = %v; output:\n%s", err, out)
+	}
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte("very-secret-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok := strings.Replace(mustRead(t, good), filepath.Join(dir, "missing-secret"), secretFile, 1)
+	if err := os.WriteFile(good, []byte(ok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(brokerBin, "-config", good, "-check-config").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "configuration OK") || strings.Contains(string(out), "very-secret-value") {
+		t.Errorf("valid config: err = %v; output:\n%s", err, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// process is a running broker binary.
+type process struct {
+	cmd        *exec.Cmd
+	grpcAddr   string
+	adminAddr  string
+	logs       *logtest.Buffer
+	logsClosed chan struct{}
+}
+
+func startBroker(t *testing.T, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(brokerBin, append([]string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, logs: &logtest.Buffer{}, logsClosed: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		defer close(p.logsClosed)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.logs.Write([]byte(line + "\n"))
+			var rec struct{ Msg, GRPCAddr, AdminAddr string }
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "serving" {
+				rec.GRPCAddr, _ = m["grpc_addr"].(string)
+				rec.AdminAddr, _ = m["admin_addr"].(string)
+				p.grpcAddr, p.adminAddr = rec.GRPCAddr, rec.AdminAddr
+				close(ready)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	select {
+	case <-ready:
+	case <-p.logsClosed:
+		t.Fatalf("broker exited before serving:\n%s", p.logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("broker did not start serving:\n%s", p.logs.String())
+	}
+	return p
+}
+
+// TestDemoThroughReflection calls the built binary the way grpcurl does:
+// it learns the API by server reflection and calls it with dynamic messages.
+func TestDemoThroughReflection(t *testing.T) {
+	p := startBroker(t, "-demo")
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	files := reflectFiles(ctx, t, cc, "tokenbroker.v1.TokenBrokerService")
+	d, err := files.FindDescriptorByName("tokenbroker.v1.TokenBrokerService")
+	if err != nil {
+		t.Fatal(err)
+	}
+	method := d.(protoreflect.ServiceDescriptor).Methods().ByName("GetToken")
+	req := dynamicpb.NewMessage(method.Input())
+	if err := protojson.Unmarshal([]byte(`{"connection":"demo-cc"}`), req); err != nil {
+		t.Fatal(err)
+	}
+	resp := dynamicpb.NewMessage(method.Output())
+	if err := cc.Invoke(ctx, "/tokenbroker.v1.TokenBrokerService/GetToken", req, resp); err != nil {
+		t.Fatalf("GetToken(demo-cc) error = %v", err)
+	}
+	js, _ := protojson.Marshal(resp)
+	var got struct {
+		AccessToken, TokenType, ExpiresAt string
+	}
+	if err := json.Unmarshal(js, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.AccessToken == "" || got.TokenType == "" || got.ExpiresAt == "" {
+		t.Errorf("GetToken response lacks fields: token %d bytes, type %q, expires %q", len(got.AccessToken), got.TokenType, got.ExpiresAt)
+	}
+
+	hc, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health = %v, %v; want SERVING", hc.GetStatus(), err)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		r, err := http.Get("http://" + p.adminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			t.Errorf("GET %s = %d; want 200", path, r.StatusCode)
+		}
+	}
+	if strings.Contains(p.logs.String(), got.AccessToken) {
+		t.Errorf("broker logs contain the access token")
+	}
+
+	// SIGTERM drains and exits 0.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { <-p.logsClosed; done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("broker exit after SIGTERM: %v; want status 0\n%s", err, p.logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("broker did not exit after SIGTERM")
+	}
+}
+
+// reflectFiles fetches the file descriptors of symbol and its dependencies
+// through the server reflection service.
+func reflectFiles(ctx context.Context, t *testing.T, cc *grpc.ClientConn, symbol string) *protoregistry.Files {
+	t.Helper()
+	stream, err := rpb.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.CloseSend()
+	fdps := map[string]*descriptorpb.FileDescriptorProto{}
+	ask := func(r *rpb.ServerReflectionRequest) {
+		if err := stream.Send(r); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, raw := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+			fd := &descriptorpb.FileDescriptorProto{}
+			if err := proto.Unmarshal(raw, fd); err != nil {
+				t.Fatal(err)
+			}
+			fdps[fd.GetName()] = fd
+		}
+	}
+	ask(&rpb.ServerReflectionRequest{MessageRequest: &rpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol}})
+	for changed := true; changed; {
+		changed = false
+		for _, fd := range fdps {
+			for _, dep := range fd.GetDependency() {
+				if _, ok := fdps[dep]; !ok {
+					ask(&rpb.ServerReflectionRequest{MessageRequest: &rpb.ServerReflectionRequest_FileByFilename{FileByFilename: dep}})
+					changed = true
+				}
+			}
+		}
+	}
+	set := &descriptorpb.FileDescriptorSet{}
+	for _, fd := range fdps {
+		set.File = append(set.File, fd)
+	}
+	files, err := protodesc.NewFiles(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
