@@ -29,6 +29,7 @@ const (
 	ReasonStore              = "STORE_FAILED"
 	ReasonDeadline           = "DEADLINE_EXCEEDED"
 	ReasonCanceled           = "CANCELED"
+	ReasonInvalidState       = "INVALID_STATE"
 )
 
 func invalid(format string, args ...any) error {
@@ -49,6 +50,8 @@ func (s *Service) toStatus(ctx context.Context, method, connection string, err e
 	switch {
 	case errors.Is(err, broker.ErrInvalidArgument):
 		code, reason = codes.InvalidArgument, ReasonInvalidArgument
+	case errors.Is(err, broker.ErrInvalidState):
+		code, reason = codes.InvalidArgument, ReasonInvalidState
 	case errors.Is(err, broker.ErrUnknownConnection):
 		code, reason = codes.NotFound, ReasonUnknownConnection
 	case errors.Is(err, providers.ErrRevoked):

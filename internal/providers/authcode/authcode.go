@@ -1,0 +1,512 @@
+// Package authcode implements the OAuth 2.0 authorization code grant
+// (RFC 6749 §4.1) with refresh (§6), for upstreams where a person approves
+// access once in a browser and the broker keeps the grant.
+//
+// Config is the generic provider (type authorization_code); WAXConfig is the
+// WAX All Access preset of it (type wax, PROTOCOLS.md §2): fixed production
+// and sandbox endpoints, duration=permanent, default scope identity_basic,
+// no redirect_uri parameter, and raw HTTP Basic.
+//
+// The client authenticates to the token endpoint with HTTP Basic only, either
+// with a client secret or, for clients that cannot keep one, with a "device
+// secret" made at random for each grant (device_secret: true). The device
+// secret is returned in the grant, which the broker stores, and is sent again
+// on every refresh of that grant. Basic credentials are sent raw (RFC 7617,
+// as WAX clients do) or form-encoded (RFC 6749 §2.3.1).
+//
+// A refresh never sends a scope parameter, so a grant never narrows: the
+// token covers every granted scope. A request for scopes outside the granted
+// ones fails with providers.ErrNeedsAuthorization (the broker answers
+// FAILED_PRECONDITION): only a new authorization can widen a grant.
+package authcode
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/providers/tokenhttp"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+// Defaults applied by Open to zero Config fields.
+const (
+	DefaultTimeout          = 10 * time.Second
+	DefaultMaxResponseBytes = int64(1 << 20)
+	// DefaultLifetime is assumed when a token response has no expires_in.
+	DefaultLifetime = time.Hour
+)
+
+// Values of Config.BasicEncoding.
+const (
+	// BasicRaw sends "client_id:secret" as is (RFC 7617); WAX expects it.
+	BasicRaw = "raw"
+	// BasicForm form-encodes the id and the secret first (RFC 6749 §2.3.1).
+	BasicForm = "form"
+)
+
+// DeviceSecretBytes is the number of random bytes in a device secret.
+const DeviceSecretBytes = 32
+
+// maxExpiresIn is the longest expires_in believed.
+const maxExpiresIn = 10 * 366 * 24 * 60 * 60
+
+// Config is one generic authorization_code connection, decoded from the
+// connection's settings in the broker's YAML file.
+type Config struct {
+	// AuthorizeURL is the absolute http(s) URL a person opens to approve
+	// access. Required.
+	AuthorizeURL string `yaml:"authorize_url"`
+	// TokenURL is the absolute http(s) URL of the token endpoint. Required.
+	TokenURL string `yaml:"token_url"`
+	// ClientID is the OAuth client id. Required.
+	ClientID string `yaml:"client_id"`
+	// ClientSecret names the file or environment variable holding the
+	// client secret. Exactly one of client_secret and device_secret.
+	ClientSecret secret.Ref `yaml:"client_secret"`
+	// DeviceSecret makes the client public: each grant gets its own random
+	// device secret, used as the Basic password for the code exchange and
+	// every refresh of that grant.
+	DeviceSecret bool `yaml:"device_secret"`
+	// BasicEncoding is "form" (RFC 6749 §2.3.1, the default) or "raw".
+	BasicEncoding string `yaml:"basic_encoding"`
+	// Scopes are asked for in the authorization URL (space-separated).
+	Scopes []string `yaml:"scopes"`
+	// RedirectURL is the redirect URI registered with the upstream, normally
+	// the broker's own https://<admin host>/oauth2/callback. When set it is
+	// sent as redirect_uri in the authorization URL and the code exchange.
+	RedirectURL string `yaml:"redirect_url"`
+	// ExtraAuthorizeParams are added to the authorization URL, such as
+	// access_type or prompt. client_id, response_type, state, scope and
+	// redirect_uri are not allowed.
+	ExtraAuthorizeParams map[string]string `yaml:"extra_authorize_params"`
+	// DefaultLifetime is assumed when a token response has no expires_in;
+	// 0 means 1h.
+	DefaultLifetime providers.Duration `yaml:"default_lifetime"`
+	// Timeout bounds one token request; 0 means 10s.
+	Timeout providers.Duration `yaml:"timeout"`
+	// MaxResponseBytes bounds a token response; 0 means 1 MiB.
+	MaxResponseBytes int64 `yaml:"max_response_bytes"`
+}
+
+var _ providers.Config = (*Config)(nil)
+
+// flavor is what differs between the generic provider and its presets.
+type flavor struct {
+	name            string // for error messages: "authcode", "wax"
+	defaultEncoding string
+	// sendRedirectURI: redirect_url goes out as redirect_uri; otherwise it
+	// is fixed at registration and only informational.
+	sendRedirectURI bool
+	// authorizeParams are fixed parameters of the authorization URL.
+	authorizeParams map[string]string
+	// reserved may not be set through extra_authorize_params.
+	reserved []string
+	// details are added to Describe.
+	details map[string]string
+}
+
+var genericFlavor = flavor{
+	name:            "authcode",
+	defaultEncoding: BasicForm,
+	sendRedirectURI: true,
+	reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri"},
+}
+
+// Validate reports every problem at once, each prefixed with its YAML key.
+// It reads no files and dials nothing.
+func (c *Config) Validate() error { return errors.Join(c.problems(genericFlavor)...) }
+
+func (c *Config) problems(f flavor) []error {
+	var errs []error
+	add := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, a...)...))
+	}
+	for _, u := range []struct{ key, val string }{{"authorize_url", c.AuthorizeURL}, {"token_url", c.TokenURL}} {
+		if u.val == "" {
+			add(u.key, "required")
+		} else if err := checkURL(u.val); err != nil {
+			add(u.key, "%v", err)
+		}
+	}
+	encoding := c.BasicEncoding
+	switch encoding {
+	case "":
+		encoding = f.defaultEncoding
+	case BasicRaw, BasicForm:
+	default:
+		add("basic_encoding", "must be %q or %q, got %q", BasicRaw, BasicForm, c.BasicEncoding)
+	}
+	switch {
+	case c.ClientID == "":
+		add("client_id", "required")
+	case encoding == BasicRaw && strings.Contains(c.ClientID, ":"):
+		add("client_id", "must not contain ':' with basic_encoding %q", BasicRaw)
+	}
+	switch {
+	case c.DeviceSecret && !c.ClientSecret.IsZero():
+		add("client_secret", "must not be set with device_secret: true (a public client has no client secret)")
+	case !c.DeviceSecret && c.ClientSecret.IsZero():
+		add("client_secret", "required (file or env), unless device_secret: true")
+	case !c.DeviceSecret:
+		if err := c.ClientSecret.Validate(); err != nil {
+			add("client_secret", "%v", err)
+		}
+	}
+	for i, s := range c.Scopes {
+		if err := checkScope(s); err != nil {
+			add(fmt.Sprintf("scopes[%d]", i), "%v", err)
+		}
+	}
+	if c.RedirectURL != "" {
+		if err := checkURL(c.RedirectURL); err != nil {
+			add("redirect_url", "%v", err)
+		}
+	}
+	keys := make([]string, 0, len(c.ExtraAuthorizeParams))
+	for k := range c.ExtraAuthorizeParams {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case k == "":
+			add("extra_authorize_params", "empty parameter name")
+		case slices.Contains(f.reserved, k):
+			add("extra_authorize_params", "%q is set by the provider and cannot be overridden", k)
+		}
+	}
+	if c.DefaultLifetime.Duration < 0 {
+		add("default_lifetime", "must not be negative, got %v", c.DefaultLifetime.Duration)
+	}
+	if c.Timeout.Duration < 0 {
+		add("timeout", "must not be negative, got %v", c.Timeout.Duration)
+	}
+	if c.MaxResponseBytes < 0 {
+		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
+	}
+	return errs
+}
+
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return errors.New("not a valid URL")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("must be an absolute http or https URL, got scheme %q", u.Scheme)
+	case u.Host == "":
+		return errors.New("must be an absolute URL with a host")
+	case u.User != nil:
+		return errors.New("must not contain credentials")
+	case u.Fragment != "":
+		return errors.New("must not contain a fragment")
+	}
+	return nil
+}
+
+// checkScope applies RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+func checkScope(s string) error {
+	if s == "" {
+		return errors.New("empty scope")
+	}
+	for _, r := range s {
+		if r < 0x21 || r > 0x7e || r == '"' || r == '\\' {
+			return fmt.Errorf("scope %q contains a character RFC 6749 §3.3 does not allow", s)
+		}
+	}
+	return nil
+}
+
+// Open validates the configuration, applies defaults, reads the client
+// secret through env.Secrets and returns the provider. It dials nothing.
+func (c *Config) Open(env providers.Env) (providers.Provider, error) {
+	return c.open(env, genericFlavor)
+}
+
+func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
+	if err := errors.Join(c.problems(f)...); err != nil {
+		return nil, err
+	}
+	var sec secret.Value
+	if !c.DeviceSecret {
+		var err error
+		if sec, err = env.Secrets.Load(c.ClientSecret); err != nil {
+			return nil, fmt.Errorf("client_secret: %w", err)
+		}
+	}
+	style := tokenhttp.AuthBasicForm
+	encoding := c.BasicEncoding
+	if encoding == "" {
+		encoding = f.defaultEncoding
+	}
+	if encoding == BasicRaw {
+		style = tokenhttp.AuthBasicRaw
+	}
+	authURL, _ := url.Parse(c.AuthorizeURL) // checked by problems
+	params := authURL.Query()
+	for k, v := range c.ExtraAuthorizeParams {
+		params.Set(k, v)
+	}
+	for k, v := range f.authorizeParams {
+		params.Set(k, v)
+	}
+	params.Set("client_id", c.ClientID)
+	params.Set("response_type", "code")
+	if len(c.Scopes) > 0 {
+		params.Set("scope", strings.Join(c.Scopes, " "))
+	}
+	if f.sendRedirectURI && c.RedirectURL != "" {
+		params.Set("redirect_uri", c.RedirectURL)
+	}
+	authURL.RawQuery = ""
+
+	lifetime := c.DefaultLifetime.Duration
+	if lifetime == 0 {
+		lifetime = DefaultLifetime
+	}
+	timeout := c.Timeout.Duration
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	maxBytes := c.MaxResponseBytes
+	if maxBytes == 0 {
+		maxBytes = DefaultMaxResponseBytes
+	}
+	now := env.Now
+	if now == nil {
+		now = time.Now
+	}
+	rnd := env.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	details := map[string]string{"authorize_url": authURL.String(), "token_url": c.TokenURL, "client_authentication": "client_secret"}
+	if c.DeviceSecret {
+		details["client_authentication"] = "device_secret"
+	}
+	if c.RedirectURL != "" {
+		details["redirect_url"] = c.RedirectURL
+	}
+	for k, v := range f.details {
+		details[k] = v
+	}
+	redirectURI := ""
+	if f.sendRedirectURI {
+		redirectURI = c.RedirectURL
+	}
+	return &provider{
+		name:            f.name,
+		authURL:         authURL,
+		authParams:      params,
+		tokenURL:        c.TokenURL,
+		clientID:        c.ClientID,
+		clientSecret:    sec,
+		deviceMode:      c.DeviceSecret,
+		style:           style,
+		scopes:          normalize(c.Scopes),
+		redirectURI:     redirectURI,
+		defaultLifetime: lifetime,
+		rand:            rnd,
+		details:         details,
+		client: &tokenhttp.Client{
+			HTTP:             env.HTTPClient,
+			MaxResponseBytes: maxBytes,
+			Timeout:          timeout,
+			Now:              now,
+		},
+	}, nil
+}
+
+// provider is safe for concurrent use: nothing in it changes after Open.
+type provider struct {
+	name         string
+	authURL      *url.URL   // without query
+	authParams   url.Values // every parameter but state
+	tokenURL     string
+	clientID     string
+	clientSecret secret.Value // zero in device-secret mode
+	deviceMode   bool
+	style        tokenhttp.AuthStyle
+	// scopes are the configured ones, sorted and unique; nil for none.
+	scopes          []string
+	redirectURI     string // sent with the exchange; "" for none
+	defaultLifetime time.Duration
+	rand            io.Reader
+	details         map[string]string
+	client          *tokenhttp.Client
+}
+
+var (
+	_ providers.Provider   = (*provider)(nil)
+	_ providers.Refresher  = (*provider)(nil)
+	_ providers.Authorizer = (*provider)(nil)
+	_ providers.Describer  = (*provider)(nil)
+)
+
+// Token always fails with providers.ErrNeedsAuthorization: a token comes
+// only from an exchanged code or a refresh.
+func (p *provider) Token(context.Context, providers.Request) (*providers.Token, error) {
+	return nil, fmt.Errorf("%s: %w: open the URL from StartAuthorization", p.name, providers.ErrNeedsAuthorization)
+}
+
+// AuthCodeURL returns the authorization URL carrying state.
+func (p *provider) AuthCodeURL(state string) string {
+	q := make(url.Values, len(p.authParams)+1)
+	for k, v := range p.authParams {
+		q[k] = v
+	}
+	q.Set("state", state)
+	u := *p.authURL
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Exchange redeems code (RFC 6749 §4.1.3). In device-secret mode it makes
+// the grant's device secret first and authenticates with it.
+func (p *provider) Exchange(ctx context.Context, code string) (*providers.Token, error) {
+	if code == "" {
+		return nil, fmt.Errorf("%s: exchange: empty code", p.name)
+	}
+	sec := p.clientSecret
+	if p.deviceMode {
+		b := make([]byte, DeviceSecretBytes)
+		if _, err := io.ReadFull(p.rand, b); err != nil {
+			return nil, fmt.Errorf("%s: exchange: make device secret: %w", p.name, err)
+		}
+		sec = secret.New(base64.RawURLEncoding.EncodeToString(b))
+	}
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}}
+	if p.redirectURI != "" {
+		form.Set("redirect_uri", p.redirectURI)
+	}
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	if err != nil {
+		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
+	}
+	t, err := p.token(resp, p.scopes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
+	}
+	t.Grant = &providers.Grant{
+		State:        providers.GrantReady,
+		RefreshToken: resp.RefreshToken,
+		Scopes:       t.Scopes,
+	}
+	if p.deviceMode {
+		t.Grant.DeviceSecret = sec
+	}
+	return t, nil
+}
+
+// Refresh redeems g's refresh token (RFC 6749 §6), with g's device secret in
+// device-secret mode. req.Scopes must be granted scopes; the token covers the
+// whole grant. The returned Grant holds a rotated refresh token, if one came.
+func (p *provider) Refresh(ctx context.Context, req providers.Request, g *providers.Grant) (*providers.Token, error) {
+	if g == nil || g.RefreshToken.IsZero() {
+		return nil, fmt.Errorf("%s: refresh: %w: the grant has no refresh token", p.name, providers.ErrNeedsAuthorization)
+	}
+	if missing := notGranted(req.Scopes, g.Scopes); len(missing) > 0 {
+		return nil, fmt.Errorf("%s: %w: scopes %q were not granted (granted: %q); add them to the connection's scopes and authorize again",
+			p.name, providers.ErrNeedsAuthorization, missing, g.Scopes)
+	}
+	sec := p.clientSecret
+	if p.deviceMode {
+		if g.DeviceSecret.IsZero() {
+			return nil, fmt.Errorf("%s: refresh: %w: the grant has no device secret", p.name, providers.ErrNeedsAuthorization)
+		}
+		sec = g.DeviceSecret
+	}
+	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken.Reveal()}}
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	if err != nil {
+		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
+	}
+	t, err := p.token(resp, g.Scopes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
+	}
+	// An empty RefreshToken or nil Scopes keep the stored ones.
+	t.Grant = &providers.Grant{State: providers.GrantReady, RefreshToken: resp.RefreshToken}
+	if resp.Scope != "" {
+		t.Grant.Scopes = t.Scopes
+	}
+	return t, nil
+}
+
+func (p *provider) auth(sec secret.Value) tokenhttp.Auth {
+	return tokenhttp.Auth{Style: p.style, ClientID: p.clientID, Secret: sec}
+}
+
+// token turns a token response into a Token; fallback are the scopes assumed
+// when the response names none.
+func (p *provider) token(resp *tokenhttp.Response, fallback []string) (*providers.Token, error) {
+	lifetime := p.defaultLifetime
+	if resp.ExpiresIn != nil {
+		switch n := *resp.ExpiresIn; {
+		case n == 0:
+			return nil, fmt.Errorf("%w: expires_in is 0", providers.ErrInvalidResponse)
+		case n > maxExpiresIn:
+			return nil, fmt.Errorf("%w: expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
+		default:
+			lifetime = time.Duration(n) * time.Second
+		}
+	}
+	tokenType := resp.TokenType
+	if tokenType == "" {
+		tokenType = "bearer"
+	}
+	scopes := normalize(strings.Fields(resp.Scope))
+	if scopes == nil {
+		scopes = slices.Clone(fallback)
+	}
+	return &providers.Token{
+		AccessToken: resp.AccessToken,
+		TokenType:   tokenType,
+		Expiry:      resp.Sent.Add(lifetime),
+		Scopes:      scopes,
+	}, nil
+}
+
+// Describe reports the endpoints and the client authentication mode.
+func (p *provider) Describe() map[string]string {
+	out := make(map[string]string, len(p.details))
+	for k, v := range p.details {
+		out[k] = v
+	}
+	return out
+}
+
+// normalize sorts and de-duplicates scopes; nil for none.
+func normalize(scopes []string) []string {
+	if len(scopes) == 0 {
+		return nil
+	}
+	out := slices.Clone(scopes)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// notGranted returns the requested scopes not in granted. Nothing is missing
+// when the upstream never said what it granted.
+func notGranted(requested, granted []string) []string {
+	if granted == nil {
+		return nil
+	}
+	var missing []string
+	for _, s := range requested {
+		if !slices.Contains(granted, s) {
+			missing = append(missing, s)
+		}
+	}
+	return missing
+}

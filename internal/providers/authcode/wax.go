@@ -1,0 +1,112 @@
+package authcode
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+)
+
+// WAX All Access endpoints (PROTOCOLS.md §2).
+const (
+	WAXProductionAuthorizeURL = "https://oauth.opskins.com/v1/authorize"
+	WAXProductionTokenURL     = "https://oauth.opskins.com/v1/access_token"
+	WAXSandboxAuthorizeURL    = "https://oauth.wax-sandbox.com/v1/authorize"
+	WAXSandboxTokenURL        = "https://oauth.wax-sandbox.com/v1/access_token"
+)
+
+// Values of WAXConfig.Environment and WAXConfig.Duration.
+const (
+	WAXProduction = "production"
+	WAXSandbox    = "sandbox"
+	// WAXPermanent asks for a refresh token (duration=permanent).
+	WAXPermanent = "permanent"
+	// WAXTemporary sends no duration: the grant ends with its first token,
+	// after 30 minutes, and a person must authorize again.
+	WAXTemporary = "temporary"
+)
+
+// WAXDefaultScope is asked for when no scopes are configured.
+const WAXDefaultScope = "identity_basic"
+
+// WAXConfig is one WAX All Access connection (type wax). It has the settings
+// of Config, with these differences:
+//
+//   - authorize_url and token_url default to the environment's endpoints
+//     (set them only to point at an emulator or a proxy);
+//   - basic_encoding defaults to raw, as WAX clients send it;
+//   - scopes default to identity_basic;
+//   - redirect_url is informational: WAX fixes the redirect URI at client
+//     registration, so no redirect_uri parameter is ever sent;
+//   - duration and redirect_uri cannot be set in extra_authorize_params
+//     (mobile: "1" can).
+type WAXConfig struct {
+	// Environment is "production" (the default) or "sandbox".
+	Environment string `yaml:"environment"`
+	// Duration is "permanent" (the default: a refresh token is issued) or
+	// "temporary" (none: a person authorizes again every 30 minutes).
+	Duration string `yaml:"duration"`
+	Config   `yaml:",inline"`
+}
+
+var _ providers.Config = (*WAXConfig)(nil)
+
+// Validate reports every problem at once, each prefixed with its YAML key.
+// It reads no files and dials nothing.
+func (c *WAXConfig) Validate() error {
+	g, f, errs := c.resolve()
+	return errors.Join(append(errs, g.problems(f)...)...)
+}
+
+// Open validates the configuration, applies the WAX defaults, reads the
+// client secret through env.Secrets and returns the provider.
+func (c *WAXConfig) Open(env providers.Env) (providers.Provider, error) {
+	g, f, errs := c.resolve()
+	if len(errs) > 0 {
+		return nil, errors.Join(append(errs, g.problems(f)...)...)
+	}
+	return g.open(env, f)
+}
+
+// resolve returns the generic configuration and flavor c stands for, and the
+// problems with the WAX-only settings.
+func (c *WAXConfig) resolve() (Config, flavor, []error) {
+	var errs []error
+	g := c.Config
+	authorize, token := WAXProductionAuthorizeURL, WAXProductionTokenURL
+	switch c.Environment {
+	case "", WAXProduction:
+	case WAXSandbox:
+		authorize, token = WAXSandboxAuthorizeURL, WAXSandboxTokenURL
+	default:
+		errs = append(errs, fmt.Errorf("environment: must be %q or %q, got %q", WAXProduction, WAXSandbox, c.Environment))
+	}
+	if g.AuthorizeURL == "" {
+		g.AuthorizeURL = authorize
+	}
+	if g.TokenURL == "" {
+		g.TokenURL = token
+	}
+	if len(g.Scopes) == 0 {
+		g.Scopes = []string{WAXDefaultScope}
+	}
+	f := flavor{
+		name:            "wax",
+		defaultEncoding: BasicRaw,
+		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration"},
+		details:         map[string]string{"environment": WAXProduction},
+	}
+	if c.Environment != "" {
+		f.details["environment"] = c.Environment
+	}
+	switch c.Duration {
+	case "", WAXPermanent:
+		f.authorizeParams = map[string]string{"duration": WAXPermanent}
+		f.details["duration"] = WAXPermanent
+	case WAXTemporary:
+		f.details["duration"] = WAXTemporary
+	default:
+		errs = append(errs, fmt.Errorf("duration: must be %q or %q, got %q", WAXPermanent, WAXTemporary, c.Duration))
+	}
+	return g, f, errs
+}
