@@ -70,7 +70,7 @@ connections:
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"-config", cfg, "-check-config"}, {"-config", cfg}} {
-		t.Run(strings.Join(args[2:], " ")+"start", func(t *testing.T) {
+		t.Run(fmt.Sprint(args[2:]), func(t *testing.T) {
 			out, err := exec.Command(brokerBin, args...).CombinedOutput()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
@@ -80,7 +80,7 @@ connections:
 				"colour: unknown setting",
 				`connections[1].name: "pay" is already used by connections[0]`,
 				"connections[1].token_url: required",
-				`connections[1].timeout: line 15: invalid duration "soon"`,
+				`connections[1].timeout: line 14: invalid duration "soon"`,
 			} {
 				if !strings.Contains(string(out), want) {
 					t.Errorf("output lacks %q:\n%s", want, out)

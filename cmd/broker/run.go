@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
+	rediscache "github.com/tokenbroker/tokenbroker/internal/cache/redis"
+	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/providers/builtin"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+type options struct {
+	configFile    string
+	checkConfig   bool
+	demo          bool
+	showVersion   bool
+	grpcAddr      string
+	adminAddr     string
+	shutdownDelay time.Duration
+	drainTimeout  time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	var o options
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.configFile, "config", "", "configuration `file` (YAML)")
+	fs.BoolVar(&o.checkConfig, "check-config", false, "validate the configuration, read its secrets, and exit")
+	fs.BoolVar(&o.demo, "demo", false, "serve tokens from built-in upstream emulators (connections demo-*)")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.grpcAddr, "grpc-addr", "", "gRPC listen `address` (overrides listen.grpc; default "+config.DefaultGRPCAddr+")")
+	fs.StringVar(&o.adminAddr, "admin-addr", "", "admin HTTP listen `address` (overrides listen.admin; default "+config.DefaultAdminAddr+")")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, report not ready and keep serving this long before draining")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, wait this long for in-flight calls")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.configFile == "" && !o.demo && !o.showVersion {
+		return nil, errors.New("one of -config FILE or -demo is required")
+	}
+	return &o, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.showVersion {
+		fmt.Fprintln(stderr, "tokenbroker", buildVersion())
+		return nil
+	}
+	reg := builtin.Registry()
+	var cfg *config.Config
+	if o.configFile != "" {
+		data, err := os.ReadFile(o.configFile)
+		if err != nil {
+			return fmt.Errorf("read config: %w", err)
+		}
+		if cfg, err = config.Parse(data, reg); err != nil {
+			return fmt.Errorf("config %s has problems:\n%w", o.configFile, err)
+		}
+	}
+	loader := secret.Loader{}
+	level := "info"
+	if cfg != nil {
+		level = cfg.Log.Level
+	}
+	log := newLogger(stderr, level)
+	if o.demo {
+		d, err := startDemo(ctx, log)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		defer d.Close()
+		cfg = d.merge(cfg)
+		loader = d.loader()
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("demo config: %w", err)
+		}
+	}
+	if o.grpcAddr != "" {
+		cfg.Listen.GRPC = o.grpcAddr
+	}
+	if o.adminAddr != "" {
+		cfg.Listen.Admin = o.adminAddr
+	}
+	conns, err := openConnections(cfg, loader, log)
+	if err != nil {
+		return fmt.Errorf("config has problems:\n%w", err)
+	}
+	if o.checkConfig {
+		fmt.Fprintf(stderr, "configuration OK: %d connections\n", len(conns))
+		return nil
+	}
+	c, err := openCache(cfg.Cache, loader)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Logger: log})
+	if err != nil {
+		return err
+	}
+	return serve(ctx, o, cfg, b, c, log)
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// openConnections opens every connection's provider, reading its secrets,
+// and reports every failure at once.
+func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger) ([]broker.Connection, error) {
+	client := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	var conns []broker.Connection
+	var errs []error
+	for i, cc := range cfg.Connections {
+		p, err := cc.Provider.Open(providers.Env{
+			Name:       cc.Name,
+			Now:        time.Now,
+			HTTPClient: client,
+			Logger:     log.With("connection", cc.Name),
+			Secrets:    loader,
+		})
+		if err != nil {
+			errs = append(errs, config.OpenError(i, cc.Name, err))
+			continue
+		}
+		conns = append(conns, broker.Connection{Name: cc.Name, Type: cc.Type, Provider: p, Skew: cc.Skew.Duration})
+	}
+	return conns, errors.Join(errs...)
+}
+
+func openCache(cc config.Cache, loader secret.Loader) (cache.Cache, error) {
+	switch cc.Type {
+	case "redis":
+		r := cc.Redis
+		rc := rediscache.ClientConfig{
+			Addrs: r.Addrs, MasterName: r.MasterName, Cluster: r.Cluster,
+			Username: r.Username, SentinelUsername: r.SentinelUsername, DB: r.DB,
+			DialTimeout: r.DialTimeout.Duration,
+		}
+		if !r.Password.IsZero() {
+			pw, err := loader.Load(r.Password)
+			if err != nil {
+				return nil, fmt.Errorf("cache.redis.password: %w", err)
+			}
+			rc.Password = pw.Reveal()
+		}
+		if !r.SentinelPassword.IsZero() {
+			pw, err := loader.Load(r.SentinelPassword)
+			if err != nil {
+				return nil, fmt.Errorf("cache.redis.sentinel_password: %w", err)
+			}
+			rc.SentinelPassword = pw.Reveal()
+		}
+		return rediscache.New(rediscache.Options{Client: rediscache.NewClient(rc), Prefix: r.KeyPrefix})
+	default:
+		return memory.New(memory.Options{StateFile: cc.StateFile})
+	}
+}
+
+func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger) error {
+	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
+	if err != nil {
+		return fmt.Errorf("listen.grpc: %w", err)
+	}
+	defer grpcLis.Close()
+	adminLis, err := net.Listen("tcp", cfg.Listen.Admin)
+	if err != nil {
+		return fmt.Errorf("listen.admin: %w", err)
+	}
+	defer adminLis.Close()
+
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	server.RegisterService(gs, server.New(server.Config{Broker: b, Logger: log}))
+	hs.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	var draining atomic.Bool
+	admin := &http.Server{
+		Handler:           adminHandler(c, &draining),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(grpcLis) }()
+	go func() { errc <- admin.Serve(adminLis) }()
+	log.Info("serving", "grpc_addr", grpcLis.Addr().String(), "admin_addr", adminLis.Addr().String(), "version", buildVersion())
+
+	select {
+	case err := <-errc:
+		gs.Stop()
+		_ = admin.Close()
+		return fmt.Errorf("server stopped: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: no longer ready", "shutdown_delay", o.shutdownDelay)
+	draining.Store(true)
+	hs.Shutdown() // every service reports NOT_SERVING
+	time.Sleep(o.shutdownDelay)
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(o.drainTimeout):
+		log.Warn("drain timeout: closing remaining calls", "drain_timeout", o.drainTimeout)
+		gs.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = admin.Shutdown(sctx)
+	log.Info("stopped")
+	return nil
+}
+
+func adminHandler(c cache.Cache, draining *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "ok\nversion %s\n", buildVersion())
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		if p, ok := c.(cache.Pinger); ok {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := p.Ping(ctx); err != nil {
+				http.Error(w, "cache unreachable", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+func buildVersion() string {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+		v += " " + bi.GoVersion
+	}
+	return v
+}
