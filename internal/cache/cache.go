@@ -55,3 +55,36 @@ type GetDeleter interface {
 type Pinger interface {
 	Ping(ctx context.Context) error
 }
+
+// A Locker grants short, renewable leases on names, so that replicas sharing
+// the cache make one upstream request per token (cross-replica single flight).
+type Locker interface {
+	// TryLock takes the lease on name for ttl (> 0) if nobody holds it. It
+	// returns an error wrapping ErrLocked when another holder has it, and
+	// ErrUnavailable when the backend cannot be reached.
+	TryLock(ctx context.Context, name string, ttl time.Duration) (Lease, error)
+}
+
+// A Lease is a held lock. Its methods are safe for concurrent use.
+type Lease interface {
+	// Renew extends the lease to ttl from now. It returns an error wrapping
+	// ErrLeaseLost when the lease lapsed (and may be held by another).
+	Renew(ctx context.Context, ttl time.Duration) error
+	// SetIfHeld is Set, done only while the lease is still held, atomically:
+	// the fencing check that stops a holder whose lease lapsed from
+	// overwriting what a newer holder wrote. ErrLeaseLost otherwise.
+	SetIfHeld(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	// Release gives the lease up if it is still held (compare-and-delete).
+	Release(ctx context.Context) error
+}
+
+// A Publisher broadcasts small messages to every replica sharing the cache,
+// best effort: a message may be lost (e.g. while reconnecting), so users
+// must bound how long they rely on not having missed one.
+type Publisher interface {
+	// Publish sends msg on channel.
+	Publish(ctx context.Context, channel string, msg []byte) error
+	// Subscribe calls fn, from one goroutine, for every message on channel
+	// until stop is called. It reconnects by itself.
+	Subscribe(ctx context.Context, channel string, fn func(msg []byte)) (stop func(), err error)
+}

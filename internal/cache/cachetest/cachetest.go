@@ -69,6 +69,9 @@ func Run(t *testing.T, newCache func(t *testing.T) cache.Cache, advance func(t *
 		{"GetDelRace", s.getDelRace},
 		{"Concurrent", s.concurrent},
 		{"Ping", s.ping},
+		{"Lock", s.lock},
+		{"LockTakeoverAfterLapse", s.lockTakeover},
+		{"LockRace", s.lockRace},
 		{"CloseThenUse", s.closeThenUse},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

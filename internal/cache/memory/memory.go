@@ -45,6 +45,7 @@ type Cache struct {
 	seed   maphash.Seed
 	shards [numShards]shard
 	closed atomic.Bool
+	locks  locks
 
 	// Persistence. seq counts durable changes (bumped under the changed
 	// shard's lock); a save writes a snapshot covering every change up to
