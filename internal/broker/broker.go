@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -36,6 +37,17 @@ type Options struct {
 	Logger *slog.Logger
 	// FetchTimeout bounds one upstream fetch (0: DefaultFetchTimeout).
 	FetchTimeout time.Duration
+	// L1MaxAge bounds how long an in-process copy is trusted without
+	// asking the shared cache (0: DefaultL1MaxAge).
+	L1MaxAge time.Duration
+	// LeaseTTL is the cross-replica lease on a key while one replica
+	// fetches it; renewed while the fetch runs (0: DefaultLeaseTTL).
+	LeaseTTL time.Duration
+	// DisableRefreshAhead turns off background refresh of used tokens.
+	DisableRefreshAhead bool
+	// AfterFunc schedules refresh-ahead (nil: time.AfterFunc). Tests
+	// inject it to fire timers themselves.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
 }
 
 // A Connection is a named, opened provider.
@@ -76,10 +88,23 @@ type Broker struct {
 	log          *slog.Logger
 	fetchTimeout time.Duration
 	flights      singleflight.Group
+
+	l1            l1
+	l1MaxAge      time.Duration
+	leaseTTL      time.Duration
+	refreshAhead  bool
+	afterFunc     func(time.Duration, func()) func() bool
+	pub           cache.Publisher
+	unsubscribe   func()
+	closed        atomic.Bool
+	lastCacheWarn atomic.Int64
+	refreshes     atomic.Int64
 }
 
 type conn struct {
 	Connection
+	// keepsGrant: the provider keeps durable grant state (refresh tokens).
+	keepsGrant bool
 	// grantMu serialises grant read-modify-write within this process, so
 	// token keys of one connection never redeem one refresh token twice.
 	grantMu sync.Mutex
@@ -97,6 +122,19 @@ func New(o Options) (*Broker, error) {
 		now:          o.Now,
 		log:          o.Logger,
 		fetchTimeout: o.FetchTimeout,
+		l1MaxAge:     o.L1MaxAge,
+		leaseTTL:     o.LeaseTTL,
+		refreshAhead: !o.DisableRefreshAhead,
+		afterFunc:    o.AfterFunc,
+	}
+	if b.l1MaxAge <= 0 {
+		b.l1MaxAge = DefaultL1MaxAge
+	}
+	if b.leaseTTL <= 0 {
+		b.leaseTTL = DefaultLeaseTTL
+	}
+	if b.afterFunc == nil {
+		b.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
 	if b.cache == nil {
 		return nil, errors.New("broker: no cache")
@@ -117,10 +155,19 @@ func New(o Options) (*Broker, error) {
 		if c.Provider == nil {
 			return nil, fmt.Errorf("broker: connection %q has no provider", c.Name)
 		}
-		b.conns[c.Name] = &conn{Connection: c}
+		_, isRef := c.Provider.(providers.Refresher)
+		_, isAuth := c.Provider.(providers.Authorizer)
+		b.conns[c.Name] = &conn{Connection: c, keepsGrant: isRef || isAuth}
 		b.names = append(b.names, c.Name)
 	}
 	sort.Strings(b.names)
+	if p, ok := b.cache.(cache.Publisher); ok {
+		stop, err := p.Subscribe(context.Background(), invalidateChannel, b.onInvalidate)
+		if err != nil {
+			return nil, fmt.Errorf("broker: subscribe to invalidations: %w", err)
+		}
+		b.pub, b.unsubscribe = p, stop
+	}
 	return b, nil
 }
 
@@ -137,7 +184,8 @@ func (b *Broker) connection(name string) (*conn, error) {
 
 // GetToken returns a token for the request's connection and scopes: the
 // cached one while it is fresh, otherwise one from the upstream. Concurrent
-// misses on one key share a single upstream request.
+// misses on one key share a single upstream request in this process, and
+// replicas sharing a cache take a lease on the key so only one of them asks.
 func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	c, err := b.connection(req.Connection)
 	if err != nil {
@@ -152,8 +200,12 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	}
 	key := tokenKey(c.Name, scopes)
 	if !req.ForceRefresh {
-		if t, ok := b.lookup(ctx, key, req.MinTTL); ok {
+		if t, ok := b.l1.get(key, b.now(), req.MinTTL, b.l1MaxAge); ok {
 			return t, nil
+		}
+		if ct := b.readShared(ctx, key); ct != nil && ct.usable(b.now(), req.MinTTL) {
+			b.remember(c, key, scopes, ct)
+			return &ct.Token, nil
 		}
 	}
 	flight := key
@@ -161,10 +213,19 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 		flight += "\x00force"
 	}
 	ch := b.flights.DoChan(flight, func() (any, error) {
-		// The fetch is shared, so it must not die with the first caller.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
+		// The fetch is shared, so it must not die with the first caller;
+		// it does keep the first caller's deadline.
+		fctx, cancel := b.fetchContext(ctx)
 		defer cancel()
-		return b.fetch(fctx, c, key, scopes, req)
+		o := fetchOptions{minTTL: req.MinTTL}
+		if req.ForceRefresh {
+			o.replaceBefore = b.currentExpiry(fctx, key)
+		}
+		t, err := b.fetch(fctx, c, key, scopes, o)
+		if err == nil && req.ForceRefresh {
+			b.announce(fctx, key)
+		}
+		return t, err
 	})
 	select {
 	case r := <-ch:
@@ -177,38 +238,128 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	}
 }
 
-// lookup returns the cached token for key if it is still fresh and valid for
-// at least minTTL.
-func (b *Broker) lookup(ctx context.Context, key string, minTTL time.Duration) (*Token, bool) {
+func (b *Broker) fetchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(b.fetchTimeout) // a real deadline, not the injected clock
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	return context.WithDeadline(context.WithoutCancel(ctx), deadline)
+}
+
+// readShared returns the token in the shared cache, or nil.
+func (b *Broker) readShared(ctx context.Context, key string) *cachedToken {
 	raw, err := b.cache.Get(ctx, key)
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {
-			b.log.WarnContext(ctx, "cache read failed; fetching from upstream", "key", key, "err", err)
+			b.cacheTrouble(ctx, "cache read failed", err)
 		}
-		return nil, false
+		return nil
 	}
 	ct, err := decodeToken(raw)
 	if err != nil {
 		b.log.WarnContext(ctx, "cached token unreadable; fetching from upstream", "key", key, "err", err)
-		return nil, false
+		return nil
 	}
-	now := b.now()
-	if !now.Before(ct.freshUntil) || ct.Expiry.Sub(now) <= minTTL {
-		return nil, false
-	}
-	return &ct.Token, true
+	return ct
 }
 
-func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string, req Request) (*Token, error) {
-	if !req.ForceRefresh {
-		// A flight that finished just before this one started may have
-		// filled the cache.
-		if t, ok := b.lookup(ctx, key, req.MinTTL); ok {
-			return t, nil
+// currentExpiry is the expiry of the token now cached for key (L1 or
+// shared), or the zero time.
+func (b *Broker) currentExpiry(ctx context.Context, key string) time.Time {
+	var t time.Time
+	if e := b.l1.load(key); e != nil {
+		t = e.tok.Expiry
+	}
+	if ct := b.readShared(ctx, key); ct != nil && ct.Expiry.After(t) {
+		t = ct.Expiry
+	}
+	return t
+}
+
+// fetchOptions say which cached token a fetch may settle for.
+type fetchOptions struct {
+	minTTL time.Duration
+	// replaceBefore: only a token expiring after this is new enough
+	// (force_refresh and refresh-ahead replace the token they saw).
+	replaceBefore time.Time
+}
+
+func (o fetchOptions) accepts(ct *cachedToken, now time.Time) bool {
+	return ct != nil && ct.usable(now, o.minTTL) && ct.Expiry.After(o.replaceBefore)
+}
+
+// fetch obtains a token from the upstream under the key's lease, or waits
+// for the replica that holds the lease and takes its result.
+func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions) (*Token, error) {
+	// A flight that finished just before this one started may have filled
+	// the cache.
+	if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+		b.remember(c, key, scopes, ct)
+		return &ct.Token, nil
+	}
+	locker, ok := b.cache.(cache.Locker)
+	if !ok {
+		return b.fetchHeld(ctx, c, key, scopes, o, nil)
+	}
+	name := lockName(c, key)
+	wait := 5 * time.Millisecond
+	waited := false
+	for {
+		lease, err := locker.TryLock(ctx, name, b.leaseTTL)
+		switch {
+		case err == nil:
+			if waited {
+				b.log.DebugContext(ctx, "lease acquired after waiting", "connection", c.Name)
+			}
+			return b.fetchHeld(ctx, c, key, scopes, o, lease)
+		case errors.Is(err, cache.ErrLocked):
+			// Another replica is fetching: wait for its result. If it
+			// dies, its lease lapses and TryLock takes over.
+			waited = true
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: waiting for another replica's fetch: %w", providers.ErrUnavailable, ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(wait*2, 200*time.Millisecond)
+			if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+				b.remember(c, key, scopes, ct)
+				return &ct.Token, nil
+			}
+		default:
+			// The shared cache is down: fetch without the cross-replica
+			// lease; this process's single flight still holds.
+			b.cacheTrouble(ctx, "lease unavailable; fetching without it", err)
+			return b.fetchHeld(ctx, c, key, scopes, o, nil)
+		}
+	}
+}
+
+// lockName is the lease that guards key: the whole connection for providers
+// that keep a grant (one refresh token, one holder), else the token key.
+// The braces are the Redis Cluster hash tag shared with the keys written.
+func lockName(c *conn, key string) string {
+	if c.keepsGrant {
+		return "{" + c.Name + "}"
+	}
+	return key
+}
+
+// fetchHeld runs the upstream request, holding lease when not nil.
+func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions, lease cache.Lease) (*Token, error) {
+	set := b.cache.Set
+	if lease != nil {
+		set = lease.SetIfHeld
+		stop := b.keepRenewed(ctx, c, lease)
+		defer stop()
+		// Another replica may have finished between our read and our lease.
+		if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+			b.remember(c, key, scopes, ct)
+			return &ct.Token, nil
 		}
 	}
 	start := b.now()
-	pt, err := b.obtain(ctx, c, scopes)
+	pt, err := b.obtain(ctx, c, scopes, set)
 	if err != nil {
 		c.setError(err)
 		b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "scopes", scopes, "err", err)
@@ -225,22 +376,67 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 		t.Scopes = scopes
 	}
 	skew := min(c.Skew, pt.Expiry.Sub(start)/2)
-	fresh := pt.Expiry.Add(-skew)
-	if ttl := fresh.Sub(now); ttl > 0 {
-		if err := b.cache.Set(ctx, key, encodeToken(t, fresh), ttl); err != nil {
-			// The token is good; the next call fetches again.
-			b.log.WarnContext(ctx, "cache write failed", "key", key, "err", err)
+	ct := &cachedToken{Token: *t, freshUntil: pt.Expiry.Add(-skew)}
+	if ttl := ct.freshUntil.Sub(now); ttl > 0 {
+		if err := set(ctx, key, encodeToken(t, ct.freshUntil), ttl); err != nil {
+			// The token is good; other replicas will fetch their own.
+			b.cacheTrouble(ctx, "cache write failed", err)
 		}
 	}
+	b.remember(c, key, scopes, ct)
 	c.setExpiry(t.Expiry)
 	b.log.InfoContext(ctx, "token fetched", "connection", c.Name, "scopes", scopes,
 		"expires_at", t.Expiry.UTC(), "took", now.Sub(start))
 	return t, nil
 }
 
+// keepRenewed renews lease every third of its TTL until stop is called.
+func (b *Broker) keepRenewed(ctx context.Context, c *conn, lease cache.Lease) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(b.leaseTTL / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := lease.Renew(ctx, b.leaseTTL); err != nil {
+					b.log.WarnContext(ctx, "lease renewal failed; writes will be refused if another replica took over",
+						"connection", c.Name, "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil {
+			b.log.DebugContext(ctx, "lease release failed; it will lapse", "connection", c.Name, "err", err)
+		}
+	}
+}
+
+// cacheTrouble logs a shared-cache failure: at warn level once in a while,
+// at debug level otherwise, so an outage does not flood the log.
+func (b *Broker) cacheTrouble(ctx context.Context, msg string, err error) {
+	now := b.now().UnixNano()
+	last := b.lastCacheWarn.Load()
+	if now-last > int64(10*time.Second) && b.lastCacheWarn.CompareAndSwap(last, now) {
+		b.log.WarnContext(ctx, msg, "err", err)
+		return
+	}
+	b.log.DebugContext(ctx, msg, "err", err)
+}
+
 // obtain asks the provider for a token, refreshing a stored grant when the
-// provider keeps one, and stores new grant state before returning.
-func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string) (*providers.Token, error) {
+// provider keeps one, and stores new grant state (through set) before
+// returning.
+func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set setter) (*providers.Token, error) {
 	preq := providers.Request{Scopes: scopes}
 	ref, isRef := c.Provider.(providers.Refresher)
 	_, isAuth := c.Provider.(providers.Authorizer)
@@ -251,12 +447,18 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string) (*provide
 	defer c.grantMu.Unlock()
 	g, err := b.loadGrant(ctx, c.Name)
 	if err != nil {
-		return nil, err
+		if isAuth {
+			return nil, err
+		}
+		// Without the store, a provider that needs no person can still
+		// run its full grant.
+		b.cacheTrouble(ctx, "grant unreadable; running the full grant", err)
+		g = nil
 	}
 	if isRef && g.Usable(b.now()) {
 		t, err := ref.Refresh(ctx, preq, g)
 		if err == nil {
-			return t, b.saveGrant(ctx, c.Name, g, t)
+			return t, b.saveGrantWith(ctx, set, c, g, t)
 		}
 		if providers.OAuthCode(err) != providers.CodeInvalidGrant {
 			return nil, err
@@ -265,16 +467,13 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string) (*provide
 			revoked := *g
 			revoked.State = providers.GrantRevoked
 			revoked.UpdatedAt = b.now()
-			if serr := b.storeGrant(ctx, c.Name, &revoked); serr != nil {
+			if serr := b.storeGrantWith(ctx, set, c.Name, &revoked); serr != nil {
 				return nil, serr
 			}
 			b.log.WarnContext(ctx, "grant revoked by upstream; a person must authorize again", "connection", c.Name)
 			return nil, fmt.Errorf("%w: %w", providers.ErrRevoked, err)
 		}
 		b.log.InfoContext(ctx, "refresh token rejected; running the full grant", "connection", c.Name)
-		if err := b.cache.Delete(ctx, grantKey(c.Name)); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrStore, err)
-		}
 		g = nil
 	}
 	if isAuth {
@@ -291,13 +490,35 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string) (*provide
 	if err != nil {
 		return nil, err
 	}
-	return t, b.saveGrant(ctx, c.Name, g, t)
+	return t, b.saveGrantWith(ctx, set, c, g, t)
+}
+
+// setter writes to the shared cache: Cache.Set, or Lease.SetIfHeld under a lease.
+type setter func(ctx context.Context, key string, value []byte, ttl time.Duration) error
+
+// saveGrantWith stores t.Grant through set. A provider that can run its full
+// grant without a person (WX) loses nothing but a refresh token when the
+// store fails, so its token is still handed out; an Authorizer's is not.
+func (b *Broker) saveGrantWith(ctx context.Context, set setter, c *conn, old *providers.Grant, t *providers.Token) error {
+	err := b.mergeAndStoreGrant(ctx, set, c.Name, old, t)
+	if err == nil {
+		return nil
+	}
+	if _, isAuth := c.Provider.(providers.Authorizer); isAuth {
+		return err
+	}
+	b.log.WarnContext(ctx, "new grant not stored; the next token will run the full grant", "connection", c.Name, "err", err)
+	return nil
 }
 
 // saveGrant stores t.Grant, if any, merged over old: a refresh response
 // without a refresh token keeps the old one, and a device secret stays with
 // its grant.
 func (b *Broker) saveGrant(ctx context.Context, conn string, old *providers.Grant, t *providers.Token) error {
+	return b.mergeAndStoreGrant(ctx, b.cache.Set, conn, old, t)
+}
+
+func (b *Broker) mergeAndStoreGrant(ctx context.Context, set setter, conn string, old *providers.Grant, t *providers.Token) error {
 	if t.Grant == nil {
 		return nil
 	}
@@ -315,15 +536,19 @@ func (b *Broker) saveGrant(ctx context.Context, conn string, old *providers.Gran
 	}
 	g.State = providers.GrantReady
 	g.UpdatedAt = b.now()
-	return b.storeGrant(ctx, conn, &g)
+	return b.storeGrantWith(ctx, set, conn, &g)
 }
 
 func (b *Broker) storeGrant(ctx context.Context, conn string, g *providers.Grant) error {
+	return b.storeGrantWith(ctx, b.cache.Set, conn, g)
+}
+
+func (b *Broker) storeGrantWith(ctx context.Context, set setter, conn string, g *providers.Grant) error {
 	raw, err := encodeGrant(g)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStore, err)
 	}
-	if err := b.cache.Set(ctx, grantKey(conn), raw, 0); err != nil {
+	if err := set(ctx, grantKey(conn), raw, 0); err != nil {
 		return fmt.Errorf("%w: write grant: %w", ErrStore, err)
 	}
 	return nil
@@ -345,9 +570,10 @@ func (b *Broker) loadGrant(ctx context.Context, conn string) (*providers.Grant, 
 	return g, nil
 }
 
-// Invalidate drops the cached token for (connection, scopes). With a non-empty
-// accessToken it drops it only if it is still that token. It reports whether
-// a token was dropped.
+// Invalidate drops the cached token for (connection, scopes), here and, by
+// announcement, in every replica's L1. With a non-empty accessToken it
+// drops it only if it is still that token, so N callers reporting one dead
+// token cause one refresh. It reports whether a token was dropped.
 func (b *Broker) Invalidate(ctx context.Context, connection string, scopes []string, accessToken string) (bool, error) {
 	c, err := b.connection(connection)
 	if err != nil {
@@ -358,29 +584,42 @@ func (b *Broker) Invalidate(ctx context.Context, connection string, scopes []str
 		return false, err
 	}
 	key := tokenKey(c.Name, scopes)
+	matches := func(t *Token) bool {
+		return accessToken == "" || subtle.ConstantTimeCompare([]byte(t.AccessToken.Reveal()), []byte(accessToken)) == 1
+	}
+	dropped := false
+	if e := b.l1.load(key); e != nil && matches(&e.tok) {
+		b.l1.drop(key, e)
+		dropped = true
+	}
 	raw, err := b.cache.Get(ctx, key)
-	if errors.Is(err, cache.ErrNotFound) {
-		return false, nil
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+	case err != nil:
+		return dropped, fmt.Errorf("%w: %w", ErrStore, err)
+	default:
+		ct, derr := decodeToken(raw)
+		if derr != nil || matches(&ct.Token) {
+			done, err := b.deleteIfUnchanged(ctx, key, raw)
+			if err != nil {
+				return dropped, err
+			}
+			dropped = dropped || done
+		}
 	}
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrStore, err)
+	if dropped {
+		b.announce(ctx, key)
 	}
-	if accessToken == "" {
+	return dropped, nil
+}
+
+func (b *Broker) deleteIfUnchanged(ctx context.Context, key string, raw []byte) (bool, error) {
+	cad, ok := b.cache.(cache.CompareAndDeleter)
+	if !ok {
 		if err := b.cache.Delete(ctx, key); err != nil {
 			return false, fmt.Errorf("%w: %w", ErrStore, err)
 		}
 		return true, nil
-	}
-	ct, err := decodeToken(raw)
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrStore, err)
-	}
-	if subtle.ConstantTimeCompare([]byte(ct.AccessToken.Reveal()), []byte(accessToken)) != 1 {
-		return false, nil // already replaced: nothing to do
-	}
-	cad, ok := b.cache.(cache.CompareAndDeleter)
-	if !ok {
-		return true, b.cache.Delete(ctx, key)
 	}
 	done, err := cad.CompareAndDelete(ctx, key, raw)
 	if err != nil {

@@ -40,18 +40,20 @@ func normalizeScopes(scopes []string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// tokenKey is the cache key of a (connection, normalized scopes) pair.
-// Connection names cannot contain ':' and scopes cannot contain ' '.
+// tokenKey is the cache key of a (connection, normalized scopes) pair:
+// "token:{conn}:scope1 scope2". Connection names cannot contain ':', '{' or
+// '}', and scopes cannot contain ' '. The braces are a Redis Cluster hash
+// tag: every key of a connection lives in one slot with its lease.
 func tokenKey(conn string, scopes []string) string {
-	n := len("token:") + len(conn) + 1
+	n := len("token:{") + len(conn) + 2
 	for _, s := range scopes {
 		n += len(s) + 1
 	}
 	var b strings.Builder
 	b.Grow(n)
-	b.WriteString("token:")
+	b.WriteString("token:{")
 	b.WriteString(conn)
-	b.WriteByte(':')
+	b.WriteString("}:")
 	for i, s := range scopes {
 		if i > 0 {
 			b.WriteByte(' ')
@@ -61,4 +63,4 @@ func tokenKey(conn string, scopes []string) string {
 	return b.String()
 }
 
-func grantKey(conn string) string { return "grant:" + conn }
+func grantKey(conn string) string { return "grant:{" + conn + "}" }

@@ -183,7 +183,7 @@ func TestGetTokenCachesUntilSkew(t *testing.T) {
 			t.Errorf("ExpiresAt = %v; want %v", got, wantExpiry)
 		}
 		if e.redis != nil {
-			ttl, err := e.redis.PTTL(context.Background(), prefix+"token:cc:read").Result()
+			ttl, err := e.redis.PTTL(context.Background(), prefix+"token:{cc}:read").Result()
 			if err != nil {
 				t.Fatal(err)
 			}
