@@ -33,7 +33,25 @@ type Config struct {
 	Listen      Listen       `yaml:"listen"`
 	Log         Log          `yaml:"log"`
 	Cache       Cache        `yaml:"cache"`
+	Broker      Broker       `yaml:"broker"`
 	Connections []Connection `yaml:"connections"`
+}
+
+// Broker tunes the token lifecycle shared by all connections.
+type Broker struct {
+	// FetchTimeout bounds one upstream fetch, retries included (default 60s).
+	FetchTimeout providers.Duration `yaml:"fetch_timeout"`
+	// LeaseTTL is the cross-replica lease a replica holds while it fetches
+	// a token; renewed while the fetch runs (default 10s). A replica that
+	// dies holding it delays others by at most this long.
+	LeaseTTL providers.Duration `yaml:"lease_ttl"`
+	// L1MaxAge bounds how long a replica serves its in-process copy without
+	// asking the shared cache: the staleness after a lost invalidation
+	// message (default 30s).
+	L1MaxAge providers.Duration `yaml:"l1_max_age"`
+	// RefreshAhead refreshes used tokens in the background before they
+	// reach their skew point (default true).
+	RefreshAhead *bool `yaml:"refresh_ahead"`
 }
 
 // Listen holds the listen addresses.
@@ -194,6 +212,19 @@ func (c *Config) ApplyDefaults() {
 	if c.Cache.Type == "" {
 		c.Cache.Type = "memory"
 	}
+	if c.Broker.FetchTimeout.Duration == 0 {
+		c.Broker.FetchTimeout.Duration = 60 * time.Second
+	}
+	if c.Broker.LeaseTTL.Duration == 0 {
+		c.Broker.LeaseTTL.Duration = 10 * time.Second
+	}
+	if c.Broker.L1MaxAge.Duration == 0 {
+		c.Broker.L1MaxAge.Duration = 30 * time.Second
+	}
+	if c.Broker.RefreshAhead == nil {
+		on := true
+		c.Broker.RefreshAhead = &on
+	}
 	if c.Cache.Redis.KeyPrefix == "" {
 		c.Cache.Redis.KeyPrefix = DefaultKeyPrefix
 	}
@@ -243,6 +274,17 @@ func (c *Config) Validate() error {
 		}
 	default:
 		add("cache.type: must be memory or redis, got %q", c.Cache.Type)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"broker.fetch_timeout", c.Broker.FetchTimeout.Duration}, {"broker.lease_ttl", c.Broker.LeaseTTL.Duration}, {"broker.l1_max_age", c.Broker.L1MaxAge.Duration}} {
+		if d.v < 0 {
+			add("%s: must not be negative", d.key)
+		}
+	}
+	if c.Broker.LeaseTTL.Duration > 0 && c.Broker.LeaseTTL.Duration < 300*time.Millisecond {
+		add("broker.lease_ttl: at least 300ms (it is renewed every third)")
 	}
 	if len(c.Connections) == 0 {
 		add("connections: at least one connection is required")
