@@ -22,6 +22,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/cache"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // DefaultFetchTimeout bounds one upstream fetch, which is shared by every
@@ -48,6 +49,9 @@ type Options struct {
 	// AfterFunc schedules refresh-ahead (nil: time.AfterFunc). Tests
 	// inject it to fire timers themselves.
 	AfterFunc func(d time.Duration, f func()) (stop func() bool)
+	// Upstream is the retry policy around provider calls; each connection
+	// gets its own breaker from it (nil: the zero Policy's defaults).
+	Upstream *upstream.Policy
 }
 
 // A Connection is a named, opened provider.
@@ -99,12 +103,20 @@ type Broker struct {
 	closed        atomic.Bool
 	lastCacheWarn atomic.Int64
 	refreshes     atomic.Int64
+	policy        *upstream.Policy
+	// oncePolicy never retries: for calls that spend something single-use
+	// (a rotating refresh token), where a retry after a lost answer would
+	// present a token the upstream already replaced.
+	oncePolicy *upstream.Policy
 }
 
 type conn struct {
 	Connection
 	// keepsGrant: the provider keeps durable grant state (refresh tokens).
 	keepsGrant bool
+	breaker    *upstream.Breaker
+	// lastLifetime is a time.Duration.
+	lastLifetime atomic.Int64
 	// grantMu serialises grant read-modify-write within this process, so
 	// token keys of one connection never redeem one refresh token twice.
 	grantMu sync.Mutex
@@ -133,6 +145,13 @@ func New(o Options) (*Broker, error) {
 	if b.leaseTTL <= 0 {
 		b.leaseTTL = DefaultLeaseTTL
 	}
+	b.policy = o.Upstream
+	if b.policy == nil {
+		b.policy = &upstream.Policy{}
+	}
+	once := *b.policy
+	once.MaxAttempts = 1
+	b.oncePolicy = &once
 	if b.afterFunc == nil {
 		b.afterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
@@ -157,7 +176,17 @@ func New(o Options) (*Broker, error) {
 		}
 		_, isRef := c.Provider.(providers.Refresher)
 		_, isAuth := c.Provider.(providers.Authorizer)
-		b.conns[c.Name] = &conn{Connection: c, keepsGrant: isRef || isAuth}
+		cn := &conn{Connection: c, keepsGrant: isRef || isAuth}
+		name := c.Name
+		bc := b.policy.Breaker
+		bc.OnStateChange = func(from, to string) {
+			b.log.Warn("upstream circuit breaker", "connection", name, "from", from, "to", to)
+			if f := b.policy.Breaker.OnStateChange; f != nil {
+				f(from, to)
+			}
+		}
+		cn.breaker = upstream.NewBreaker(bc)
+		b.conns[c.Name] = cn
 		b.names = append(b.names, c.Name)
 	}
 	sort.Strings(b.names)
@@ -207,6 +236,9 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 			b.remember(c, key, scopes, ct)
 			return &ct.Token, nil
 		}
+	}
+	if life := c.lifetime(); life > 0 && req.MinTTL >= life {
+		return nil, fmt.Errorf("%w: min_ttl %v is longer than the tokens %q grants (%v)", ErrInvalidArgument, req.MinTTL, c.Name, life)
 	}
 	flight := key
 	if req.ForceRefresh {
@@ -385,6 +417,10 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 	}
 	b.remember(c, key, scopes, ct)
 	c.setExpiry(t.Expiry)
+	c.setLifetime(pt.Expiry.Sub(start))
+	if o.minTTL > 0 && t.Expiry.Sub(now) <= o.minTTL {
+		return nil, fmt.Errorf("%w: min_ttl %v is longer than the tokens %q grants (%v)", ErrInvalidArgument, o.minTTL, c.Name, pt.Expiry.Sub(start))
+	}
 	b.log.InfoContext(ctx, "token fetched", "connection", c.Name, "scopes", scopes,
 		"expires_at", t.Expiry.UTC(), "took", now.Sub(start))
 	return t, nil
@@ -441,7 +477,7 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set sette
 	ref, isRef := c.Provider.(providers.Refresher)
 	_, isAuth := c.Provider.(providers.Authorizer)
 	if !isRef && !isAuth {
-		return c.Provider.Token(ctx, preq)
+		return b.callToken(ctx, c, preq)
 	}
 	c.grantMu.Lock()
 	defer c.grantMu.Unlock()
@@ -456,7 +492,11 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set sette
 		g = nil
 	}
 	if isRef && g.Usable(b.now()) {
-		t, err := ref.Refresh(ctx, preq, g)
+		var t *providers.Token
+		err := b.oncePolicy.DoWithBreaker(ctx, c.breaker, func(ctx context.Context) (err error) {
+			t, err = ref.Refresh(ctx, preq, g)
+			return err
+		})
 		if err == nil {
 			return t, b.saveGrantWith(ctx, set, c, g, t)
 		}
@@ -486,11 +526,22 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set sette
 			return nil, fmt.Errorf("%w: the grant has no usable refresh token", providers.ErrNeedsAuthorization)
 		}
 	}
-	t, err := c.Provider.Token(ctx, preq)
+	t, err := b.callToken(ctx, c, preq)
 	if err != nil {
 		return nil, err
 	}
 	return t, b.saveGrantWith(ctx, set, c, g, t)
+}
+
+// callToken runs the provider's full grant under the retry policy and the
+// connection's breaker. Full grants are safe to repeat.
+func (b *Broker) callToken(ctx context.Context, c *conn, req providers.Request) (*providers.Token, error) {
+	var t *providers.Token
+	err := b.policy.DoWithBreaker(ctx, c.breaker, func(ctx context.Context) (err error) {
+		t, err = c.Provider.Token(ctx, req)
+		return err
+	})
+	return t, err
 }
 
 // setter writes to the shared cache: Cache.Set, or Lease.SetIfHeld under a lease.
@@ -692,6 +743,12 @@ func (c *conn) setError(err error) {
 	c.lastErr = err.Error()
 	c.mu.Unlock()
 }
+
+// lifetime is how long the last token fetched for c lived when new: a
+// min_ttl at least that long can never be met.
+func (c *conn) lifetime() time.Duration { return time.Duration(c.lastLifetime.Load()) }
+
+func (c *conn) setLifetime(d time.Duration) { c.lastLifetime.Store(int64(d)) }
 
 func (c *conn) setExpiry(t time.Time) {
 	c.mu.Lock()

@@ -81,12 +81,9 @@ func (ct *cachedToken) usable(now time.Time, minTTL time.Duration) bool {
 func (b *Broker) remember(c *conn, key string, scopes []string, ct *cachedToken) {
 	now := b.now()
 	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, scopes: scopes}
-	if old := b.l1.load(key); old != nil && old.tok.AccessToken.Equal(ct.AccessToken) {
-		// The same token re-read: keep its use record.
-		e.lastUsed.Store(old.lastUsed.Load())
-	} else {
-		e.lastUsed.Store(now.UnixNano())
-	}
+	// Every path here is a use: a caller's hit on the shared cache, or a
+	// fetch some caller (or refresh-ahead) asked for.
+	e.lastUsed.Store(now.UnixNano())
 	if b.refreshAhead {
 		b.scheduleRefresh(key, e, now)
 	}

@@ -223,12 +223,18 @@ func TestMinTTLAndForceRefresh(t *testing.T) {
 	if longer.GetAccessToken() == first.GetAccessToken() {
 		t.Errorf("min_ttl 40m with 30m left returned the old token")
 	}
+	for range 3 {
+		_, err := e.client.GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Connection: "cc", MinTtl: durationpb.New(2 * lifetime)})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("GetToken(min_ttl beyond the token lifetime) = %v; want InvalidArgument", err)
+		}
+	}
 	forced := e.getToken(t, &tokenbrokerv1.GetTokenRequest{Connection: "cc", ForceRefresh: true})
 	if forced.GetAccessToken() == longer.GetAccessToken() {
 		t.Errorf("force_refresh returned the cached token")
 	}
 	if got := e.emu.Requests(); got != 3 {
-		t.Errorf("upstream requests = %d; want 3", got)
+		t.Errorf("upstream requests = %d; want 3 (an impossible min_ttl never reaches the upstream)", got)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	"log/slog"
 	"sync"
 	"testing"
@@ -99,6 +100,8 @@ func newBrokered(t *testing.T, opts wxemu.Options, log *slog.Logger) *brokered {
 		Now:         f.clk.Now,
 		Logger:      log,
 		AfterFunc:   tm.AfterFunc,
+		// Retries are the upstream package's business; here one call is one request.
+		Upstream: &upstream.Policy{MaxAttempts: 1},
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
