@@ -179,6 +179,10 @@ func (e *StatusError) Error() string {
 // Unwrap makes errors.Is(err, providers.ErrUnavailable) hold.
 func (e *StatusError) Unwrap() error { return providers.ErrUnavailable }
 
+// RetryAfterDelay is the wait the upstream asked for (0: none), for retry
+// policies (upstream.RetryAfterer).
+func (e *StatusError) RetryAfterDelay() time.Duration { return e.RetryAfter }
+
 // secretFields are request form fields whose values must never appear in an
 // error: an upstream that echoes the request into error_description would
 // otherwise leak them.
