@@ -1,0 +1,348 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"path"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// How a caller was identified.
+const (
+	ViaAPIKey    = "api_key"
+	ViaMTLS      = "mtls"
+	ViaAnonymous = "anonymous"
+)
+
+// A Caller is an authenticated caller.
+type Caller struct {
+	// Name is the configured name, or AnonymousName.
+	Name string
+	// Via is ViaAPIKey, ViaMTLS or ViaAnonymous.
+	Via string
+}
+
+type callerKey struct{}
+
+// CallerFrom returns the caller the Authenticator put into ctx. It reports
+// false outside an authorized call, such as in a health check.
+func CallerFrom(ctx context.Context) (Caller, bool) {
+	c, ok := ctx.Value(callerKey{}).(Caller)
+	return c, ok
+}
+
+// NewContext returns ctx carrying c, as the Authenticator does.
+func NewContext(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+// ErrorInfo of refusals, matching the service's other errors.
+const (
+	ErrorDomain            = "tokenbroker.v1"
+	ReasonUnauthenticated  = "UNAUTHENTICATED"
+	ReasonPermissionDenied = "PERMISSION_DENIED"
+)
+
+// An Authenticator identifies callers and enforces their policies. It is
+// immutable and safe for concurrent use.
+type Authenticator struct {
+	keys         []apiKey
+	uris         map[string]*caller
+	dns          map[string]*caller // lower-case names
+	anon         *caller            // nil: anonymous callers are refused
+	loopbackOnly bool
+}
+
+type apiKey struct {
+	sum    [sha256.Size]byte
+	caller *caller
+}
+
+type caller struct {
+	Caller
+	connections []string
+	scopes      []string // nil: any
+	methods     map[string]bool
+}
+
+// New checks cfg and returns an Authenticator enforcing it.
+func New(cfg Config) (*Authenticator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	a := &Authenticator{uris: map[string]*caller{}, dns: map[string]*caller{}}
+	if ac := cfg.AllowAnonymous; ac.Enabled {
+		a.anon = newCaller(Caller{Name: AnonymousName, Via: ViaAnonymous}, ac.Policy)
+		a.loopbackOnly = ac.LoopbackOnly
+	}
+	for _, cc := range cfg.Callers {
+		c := newCaller(Caller{Name: cc.Name}, cc.Policy)
+		for _, h := range cc.APIKeySHA256 {
+			k := apiKey{caller: c}
+			_, _ = hex.Decode(k.sum[:], []byte(h))
+			a.keys = append(a.keys, k)
+		}
+		for _, u := range cc.URISANs {
+			a.uris[u] = c
+		}
+		for _, d := range cc.DNSSANs {
+			a.dns[strings.ToLower(d)] = c
+		}
+	}
+	return a, nil
+}
+
+func newCaller(c Caller, p Policy) *caller {
+	return &caller{Caller: c, connections: p.Connections, scopes: p.Scopes, methods: p.methods()}
+}
+
+// exempt reports whether a method is open to everyone: health checks and
+// server reflection, which reveal no connection and no token.
+func exempt(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.")
+}
+
+// UnaryInterceptor returns an interceptor that refuses a call with
+// UNAUTHENTICATED when the caller cannot be identified and PERMISSION_DENIED
+// when its policy does not allow the method, the request's connection, or a
+// requested scope. An allowed call runs with the Caller in its context.
+func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if exempt(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		c, err := a.authorize(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.checkRequest(req); err != nil {
+			return nil, err
+		}
+		return handler(NewContext(ctx, c.Caller), req)
+	}
+}
+
+// StreamInterceptor is UnaryInterceptor for streaming methods: it checks
+// every message the client sends.
+func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if exempt(info.FullMethod) {
+			return handler(srv, ss)
+		}
+		c, err := a.authorize(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return handler(srv, &checkedStream{ServerStream: ss, ctx: NewContext(ss.Context(), c.Caller), c: c})
+	}
+}
+
+type checkedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	c   *caller
+}
+
+func (s *checkedStream) Context() context.Context { return s.ctx }
+
+func (s *checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.c.checkRequest(m)
+}
+
+// authorize identifies the caller and checks that it may call fullMethod.
+func (a *Authenticator) authorize(ctx context.Context, fullMethod string) (*caller, error) {
+	c, err := a.identify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !c.methods[fullMethod] {
+		_, name := path.Split(fullMethod)
+		return nil, refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, "",
+			fmt.Sprintf("caller %q may not call %s", c.Name, clip(name)))
+	}
+	return c, nil
+}
+
+// identify finds the caller: by API key if the call carries one, else by a
+// verified client certificate, else anonymous if allowed. A credential that
+// is present but not recognized is refused, never downgraded to anonymous.
+func (a *Authenticator) identify(ctx context.Context) (*caller, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		return a.byAPIKey(vals)
+	}
+	p, _ := peer.FromContext(ctx)
+	if p != nil {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+			return a.byCertificate(ti)
+		}
+	}
+	if a.anon == nil {
+		return nil, unauthenticated("no credentials: send \"authorization: Bearer <API key>\" or a client certificate")
+	}
+	if a.loopbackOnly && (p == nil || !isLoopback(p.Addr)) {
+		return nil, unauthenticated("no credentials: anonymous callers are allowed from loopback only")
+	}
+	return a.anon, nil
+}
+
+func (a *Authenticator) byAPIKey(vals []string) (*caller, error) {
+	if len(vals) != 1 {
+		return nil, unauthenticated("more than one authorization header")
+	}
+	scheme, key, ok := strings.Cut(vals[0], " ")
+	key = strings.TrimSpace(key)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || key == "" {
+		return nil, unauthenticated("authorization header must be \"Bearer <API key>\"")
+	}
+	sum := sha256.Sum256([]byte(key))
+	// Compare with every key, so the time taken says nothing about which
+	// one, if any, matched.
+	var found *caller
+	for i := range a.keys {
+		if subtle.ConstantTimeCompare(sum[:], a.keys[i].sum[:]) == 1 {
+			found = a.keys[i].caller
+		}
+	}
+	if found == nil {
+		return nil, unauthenticated("unknown API key")
+	}
+	c := *found
+	c.Via = ViaAPIKey
+	return &c, nil
+}
+
+// byCertificate matches the SANs of a verified client certificate. A
+// certificate naming two different callers identifies neither.
+func (a *Authenticator) byCertificate(ti credentials.TLSInfo) (*caller, error) {
+	leaf := ti.State.VerifiedChains[0][0]
+	var found *caller
+	match := func(c *caller) error {
+		if c == nil || c == found {
+			return nil
+		}
+		if found != nil {
+			return unauthenticated(fmt.Sprintf("client certificate names two callers, %q and %q", found.Name, c.Name))
+		}
+		found = c
+		return nil
+	}
+	for _, u := range leaf.URIs {
+		if err := match(a.uris[u.String()]); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range leaf.DNSNames {
+		if err := match(a.dns[strings.ToLower(d)]); err != nil {
+			return nil, err
+		}
+	}
+	if found == nil {
+		return nil, unauthenticated("client certificate names no configured caller")
+	}
+	c := *found
+	c.Via = ViaMTLS
+	return &c, nil
+}
+
+func isLoopback(addr net.Addr) bool {
+	if addr == nil {
+		return false
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// checkRequest checks the connection and scopes a request names, if any.
+// The request is read through small interfaces, so any message with
+// GetConnection or GetScopes is covered.
+func (c *caller) checkRequest(req any) error {
+	var conn string
+	if r, ok := req.(interface{ GetConnection() string }); ok {
+		conn = r.GetConnection()
+		if !matchAny(c.connections, conn) {
+			return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+				fmt.Sprintf("caller %q may not use connection %q", c.Name, clip(conn)))
+		}
+	}
+	r, ok := req.(interface{ GetScopes() []string })
+	if !ok || c.scopes == nil {
+		return nil
+	}
+	scopes := r.GetScopes()
+	if len(scopes) == 0 {
+		return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+			fmt.Sprintf("caller %q may request only some scopes on connection %q: name them in scopes", c.Name, clip(conn)))
+	}
+	for _, s := range scopes {
+		if !matchAny(c.scopes, s) {
+			return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+				fmt.Sprintf("caller %q may not request scope %q on connection %q", c.Name, clip(s), clip(conn)))
+		}
+	}
+	return nil
+}
+
+func matchAny(globs []string, s string) bool {
+	for _, g := range globs {
+		if ok, _ := path.Match(g, s); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// clip shortens a caller-supplied string before it is quoted in an error.
+func clip(s string) string {
+	const n = 64
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
+}
+
+func unauthenticated(msg string) error {
+	return refuse(codes.Unauthenticated, ReasonUnauthenticated, "", "", msg)
+}
+
+// refuse builds every refusal. Messages never contain a credential.
+func refuse(code codes.Code, reason, callerName, connection, msg string) error {
+	meta := map[string]string{}
+	if callerName != "" {
+		meta["caller"] = callerName
+	}
+	if connection != "" && len(connection) <= 64 {
+		meta["connection"] = connection
+	}
+	st := status.New(code, msg)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: meta}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
