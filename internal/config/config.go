@@ -16,8 +16,11 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tokenbroker/tokenbroker/internal/auth"
+	"github.com/tokenbroker/tokenbroker/internal/cache/sealed"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
 )
 
 // Defaults.
@@ -30,12 +33,32 @@ const (
 
 // Config is the whole configuration file.
 type Config struct {
-	Listen      Listen       `yaml:"listen"`
-	Log         Log          `yaml:"log"`
+	Listen Listen `yaml:"listen"`
+	Log    Log    `yaml:"log"`
+	// TLS serves the gRPC API over TLS (mTLS with client_ca_file), and the
+	// admin port over TLS with the same certificate but no client
+	// certificates (so probes work). Off when empty.
+	TLS tlsutil.ServerConfig `yaml:"tls"`
+	// Auth says who may call which RPC for which connection.
+	Auth auth.Config `yaml:"auth"`
+	// Encryption encrypts every stored token, grant and authorization
+	// state (AES-256-GCM).
+	Encryption  Encryption   `yaml:"encryption"`
 	Cache       Cache        `yaml:"cache"`
 	Broker      Broker       `yaml:"broker"`
 	Connections []Connection `yaml:"connections"`
 }
+
+// Encryption configures encryption at rest.
+type Encryption struct {
+	sealed.Config `yaml:",inline"`
+	// InsecurePlaintext allows the Redis mode without an encryption key.
+	// The broker logs a warning at start.
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+}
+
+// Enabled reports whether keys are configured.
+func (e Encryption) Enabled() bool { return len(e.Keys) > 0 }
 
 // Broker tunes the token lifecycle shared by all connections.
 type Broker struct {
@@ -88,13 +111,21 @@ type Redis struct {
 	Cluster    bool     `yaml:"cluster"`
 	Username   string   `yaml:"username"`
 	// Password is read from a file or environment variable.
-	Password         secret.Ref `yaml:"password"`
+	Password secret.Ref `yaml:"password"`
+	// TLS to Redis (and the Sentinels).
+	TLS              RedisTLS   `yaml:"tls"`
 	SentinelUsername string     `yaml:"sentinel_username"`
 	SentinelPassword secret.Ref `yaml:"sentinel_password"`
 	DB               int        `yaml:"db"`
 	// KeyPrefix namespaces every key (default "tokenbroker:v1:").
 	KeyPrefix   string             `yaml:"key_prefix"`
 	DialTimeout providers.Duration `yaml:"dial_timeout"`
+}
+
+// RedisTLS configures TLS to Redis.
+type RedisTLS struct {
+	Enabled              bool `yaml:"enabled"`
+	tlsutil.ClientConfig `yaml:",inline"`
 }
 
 // Connection is one configured upstream account. The keys besides name,
@@ -285,6 +316,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Broker.LeaseTTL.Duration > 0 && c.Broker.LeaseTTL.Duration < 300*time.Millisecond {
 		add("broker.lease_ttl: at least 300ms (it is renewed every third)")
+	}
+	errs = append(errs, prefix("tls.", c.TLS.Validate())...)
+	errs = append(errs, prefix("auth.", c.Auth.Validate())...)
+	if c.Encryption.Enabled() {
+		errs = append(errs, prefix("encryption.", c.Encryption.Validate())...)
+	} else if c.Encryption.Primary != "" {
+		add("encryption.primary: set but no keys are configured")
+	}
+	if c.Cache.Type == "redis" && !c.Encryption.Enabled() && !c.Encryption.InsecurePlaintext {
+		add("encryption.keys: required with cache.type redis (or set encryption.insecure_plaintext: true to store tokens and grants in plaintext)")
+	}
+	if c.Cache.Redis.TLS.Enabled {
+		errs = append(errs, prefix("cache.redis.tls.", c.Cache.Redis.TLS.Validate())...)
 	}
 	if len(c.Connections) == 0 {
 		add("connections: at least one connection is required")

@@ -37,6 +37,20 @@ func TestParseValid(t *testing.T) {
 	cfg, err := Parse([]byte(`
 listen:
   grpc: 127.0.0.1:7000
+tls:
+  cert_file: /etc/tb/tls.crt
+  key_file: /etc/tb/tls.key
+  client_ca_file: /etc/tb/ca.crt
+auth:
+  callers:
+    - name: pay-svc
+      uri_sans: ["spiffe://example.org/ns/pay/sa/api"]
+      policy: {connections: ["pay*"], rpcs: [service]}
+encryption:
+  keys:
+    - {id: k1, secret: {file: /etc/tb/keys/k1}}
+    - {id: k2, secret: {env: TB_KEY_2}}
+  primary: k2
 cache:
   type: redis
   redis:
@@ -63,6 +77,10 @@ connections:
 	}
 	if got, want := cfg.Cache.Redis.KeyPrefix, DefaultKeyPrefix; got != want {
 		t.Errorf("KeyPrefix = %q; want %q", got, want)
+	}
+	if len(cfg.Encryption.Keys) != 2 || cfg.Encryption.Primary != "k2" || cfg.TLS.ClientCAFile != "/etc/tb/ca.crt" || len(cfg.Auth.Callers) != 1 {
+		t.Errorf("security settings decoded wrongly: %d keys, primary %q, client CA %q, %d callers",
+			len(cfg.Encryption.Keys), cfg.Encryption.Primary, cfg.TLS.ClientCAFile, len(cfg.Auth.Callers))
 	}
 	c := cfg.Connections[0]
 	fc := c.Provider.(*fakeConfig)
@@ -102,6 +120,7 @@ connections:
 		`listen.colour: unknown setting`,
 		`listen.grpc: invalid address "nonsense"`,
 		`cache.redis.addrs: required`,
+		`encryption.keys: required with cache.type redis`,
 		`connections[0].timeout: line 11: invalid duration "5 seconds"`,
 		`connections[1].tokne_url: unknown setting`,
 		`connections[1].name: "a" is already used by connections[0]`,
@@ -123,6 +142,9 @@ func TestParseRejects(t *testing.T) {
 		{"empty", "", "connections: at least one connection is required"},
 		{"not a mapping", "connections: 3", "connections: must be a list"},
 		{"bad cache type", "cache: {type: etcd}\nconnections: [{name: a, type: fake, token_url: x}]", `cache.type: must be memory or redis, got "etcd"`},
+		{"plaintext redis", "cache: {type: redis, redis: {addrs: [a:1]}}\nconnections: [{name: a, type: fake, token_url: x}]", "encryption.keys: required"},
+		{"bad auth", "auth: {callers: [{name: x, api_key_sha256: [nothex]}]}\nconnections: [{name: a, type: fake, token_url: x}]", "auth.callers[0].api_key_sha256[0]"},
+		{"bad encryption key id", "encryption: {keys: [{id: 'a b', secret: {env: X}}]}\nconnections: [{name: a, type: fake, token_url: x}]", "encryption.keys[0].id"},
 		{"sentinel and cluster", "cache: {type: redis, redis: {addrs: [a:1], master_name: m, cluster: true}}\nconnections: [{name: a, type: fake, token_url: x}]", "mutually exclusive"},
 		{"bad log level", "log: {level: loud}\nconnections: [{name: a, type: fake, token_url: x}]", "log.level"},
 		{"set twice", "connections: [{name: a, name: b, type: fake, token_url: x}]", ""},
