@@ -25,11 +25,14 @@ type demo struct {
 	conns   []config.Connection
 	secrets map[string]string
 	servers []*http.Server
+	// adminHooks learn the admin HTTP base URL once the broker listens.
+	adminHooks []func(adminURL string)
 }
 
 // demoStarters add one demo connection each.
 var demoStarters = []func(ctx context.Context, d *demo) error{
 	startDemoCC,
+	startDemoWAX,
 }
 
 func startDemo(ctx context.Context, log *slog.Logger) (*demo, error) {
@@ -63,6 +66,26 @@ func (d *demo) setSecret(name, value string) secret.Ref {
 }
 
 func (d *demo) add(c config.Connection) { d.conns = append(d.conns, c) }
+
+// onAdmin calls f with the admin HTTP base URL ("http://127.0.0.1:9091")
+// once the broker listens there.
+func (d *demo) onAdmin(f func(adminURL string)) { d.adminHooks = append(d.adminHooks, f) }
+
+// setAdminAddr tells the demo where the admin HTTP server listens. A
+// wildcard address is reached on loopback.
+func (d *demo) setAdminAddr(addr net.Addr) {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	u := "http://" + net.JoinHostPort(host, port)
+	for _, f := range d.adminHooks {
+		f(u)
+	}
+}
 
 // randomSecret returns a fresh random secret of n bytes, base64url.
 func randomSecret(n int) string {

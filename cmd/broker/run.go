@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		level = cfg.Log.Level
 	}
 	log := newLogger(stderr, level)
+	var adminListening func(net.Addr) // the demo's emulators redirect there
 	if o.demo {
 		d, err := startDemo(ctx, log)
 		if err != nil {
@@ -103,6 +104,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer d.Close()
 		cfg = d.merge(cfg)
 		loader = d.loader()
+		adminListening = d.setAdminAddr
 		if err := cfg.Validate(); err != nil {
 			return fmt.Errorf("demo config: %w", err)
 		}
@@ -130,7 +132,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, o, cfg, b, c, log)
+	return serve(ctx, o, cfg, b, c, log, adminListening)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
@@ -191,7 +193,10 @@ func openCache(cc config.Cache, loader secret.Loader) (cache.Cache, error) {
 	}
 }
 
-func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger) error {
+// serve runs the gRPC and admin servers until ctx is done. adminListening,
+// if not nil, learns the admin server's address once it listens.
+func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
+	adminListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
 	if err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -202,6 +207,9 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		return fmt.Errorf("listen.admin: %w", err)
 	}
 	defer adminLis.Close()
+	if adminListening != nil {
+		adminListening(adminLis.Addr())
+	}
 
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
 	hs := health.NewServer()
@@ -212,7 +220,7 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 
 	var draining atomic.Bool
 	admin := &http.Server{
-		Handler:           adminHandler(c, &draining),
+		Handler:           adminHandler(c, b, &draining, log),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	errc := make(chan error, 2)
@@ -246,8 +254,9 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	return nil
 }
 
-func adminHandler(c cache.Cache, draining *atomic.Bool) http.Handler {
+func adminHandler(c cache.Cache, b *broker.Broker, draining *atomic.Bool, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET "+server.CallbackPath, server.NewCallbackHandler(b, log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "ok\nversion %s\n", buildVersion())

@@ -42,10 +42,12 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		// Not even HEAD: a prefetch must not spend the code.
 		w.Header().Set("Allow", http.MethodGet)
+		h.log.InfoContext(r.Context(), "authorization callback refused", "reason", "method "+r.Method)
 		writePage(w, http.StatusMethodNotAllowed, page{Title: "Method not allowed", Message: "Open this address with GET."})
 		return
 	}
 	if len(r.URL.RawQuery) > MaxCallbackQuery {
+		h.log.InfoContext(r.Context(), "authorization callback refused", "reason", "query too long", "bytes", len(r.URL.RawQuery))
 		writePage(w, http.StatusRequestURITooLong, page{Title: "Request too large", Message: "The authorization response is longer than any upstream sends."})
 		return
 	}
@@ -58,6 +60,7 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
+		h.log.InfoContext(r.Context(), "authorization callback refused", "reason", "malformed query")
 		writePage(w, http.StatusBadRequest, page{Title: "Malformed authorization response", Message: "The query string could not be read."})
 		return
 	}

@@ -448,3 +448,39 @@ func TestDeviceSecretsAreRandomPerGrant(t *testing.T) {
 		t.Errorf("device secret is not the base64url of the injected random bytes (got %d bytes)", len(got))
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	ref := secret.Ref{Env: "WAX_SECRET"}
+	tests := []struct {
+		name string
+		cfg  providers.Config
+		want map[string]string
+	}{
+		{"wax sandbox", &authcode.WAXConfig{Environment: "sandbox", Config: authcode.Config{ClientID: clientID, DeviceSecret: true}},
+			map[string]string{"environment": "sandbox", "duration": "permanent", "client_authentication": "device_secret",
+				"authorize_url": authcode.WAXSandboxAuthorizeURL, "token_url": authcode.WAXSandboxTokenURL}},
+		{"wax at an emulator", &authcode.WAXConfig{Duration: "temporary", Config: authcode.Config{ClientID: clientID, ClientSecret: ref,
+			AuthorizeURL: "http://127.0.0.1:1/v1/authorize", TokenURL: "http://127.0.0.1:1/v1/access_token", RedirectURL: "https://b.example/oauth2/callback"}},
+			map[string]string{"duration": "temporary", "client_authentication": "client_secret", "redirect_url": "https://b.example/oauth2/callback",
+				"authorize_url": "http://127.0.0.1:1/v1/authorize", "token_url": "http://127.0.0.1:1/v1/access_token"}},
+		{"generic", &authcode.Config{ClientID: clientID, ClientSecret: ref, AuthorizeURL: "https://as.example/a?x=1", TokenURL: "https://as.example/t"},
+			map[string]string{"client_authentication": "client_secret", "authorize_url": "https://as.example/a", "token_url": "https://as.example/t"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.cfg.Open(env(time.Now))
+			if err != nil {
+				t.Fatalf("Open() = %v", err)
+			}
+			got := p.(providers.Describer).Describe()
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Describe() mismatch (-want +got):\n%s", diff)
+			}
+			for k, v := range got {
+				if strings.Contains(v, trickySecret) {
+					t.Errorf("Describe()[%q] contains the client secret", k)
+				}
+			}
+		})
+	}
+}

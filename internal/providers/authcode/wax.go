@@ -94,10 +94,14 @@ func (c *WAXConfig) resolve() (Config, flavor, []error) {
 		name:            "wax",
 		defaultEncoding: BasicRaw,
 		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration"},
-		details:         map[string]string{"environment": WAXProduction},
+		details:         map[string]string{},
 	}
-	if c.Environment != "" {
-		f.details["environment"] = c.Environment
+	if c.AuthorizeURL == "" && c.TokenURL == "" {
+		// With either overridden, the environment says nothing true.
+		f.details["environment"] = WAXProduction
+		if c.Environment != "" {
+			f.details["environment"] = c.Environment
+		}
 	}
 	switch c.Duration {
 	case "", WAXPermanent:

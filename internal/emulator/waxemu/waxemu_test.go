@@ -1,0 +1,208 @@
+package waxemu_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/tokenbroker/tokenbroker/internal/emulator/waxemu"
+)
+
+const (
+	id     = "client-1"
+	secret = "s!ec^ret+1"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) Now() time.Time { return c.t }
+
+type env struct {
+	emu *waxemu.Server
+	url string
+	clk *clock
+}
+
+func start(t *testing.T, clientSecret string) *env {
+	t.Helper()
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	emu := waxemu.New(waxemu.Options{ClientID: id, ClientSecret: clientSecret, RedirectURL: "https://app.example/cb?x=1", Now: clk.Now})
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	return &env{emu: emu, url: srv.URL, clk: clk}
+}
+
+// authorize returns the query of the redirect to the app, or fails t with
+// the status when there is none.
+func (e *env) authorize(t *testing.T, q url.Values) (int, url.Values) {
+	t.Helper()
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := hc.Get(e.url + waxemu.AuthorizePath + "?" + q.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound {
+		return resp.StatusCode, nil
+	}
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || !strings.HasPrefix(loc.String(), "https://app.example/cb?") {
+		t.Fatalf("redirect to %q; want the registered URL", loc)
+	}
+	return resp.StatusCode, loc.Query()
+}
+
+func authQuery(duration string) url.Values {
+	q := url.Values{"client_id": {id}, "response_type": {"code"}, "state": {"st"}, "scope": {"identity items"}}
+	if duration != "" {
+		q.Set("duration", duration)
+	}
+	return q
+}
+
+// post sends a token request with raw Basic credentials and returns the
+// status and decoded body.
+func (e *env) post(t *testing.T, user, pass string, form url.Values) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.url+waxemu.TokenPath, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
+func TestAuthorize(t *testing.T) {
+	tests := []struct {
+		name       string
+		q          url.Values
+		deny       bool
+		wantStatus int
+		wantKeys   []string
+	}{
+		{"approve", authQuery("permanent"), false, http.StatusFound, []string{"code", "state", "x"}},
+		{"deny", authQuery("permanent"), true, http.StatusFound, []string{"error", "state", "x"}},
+		{"wrong client", func() url.Values { q := authQuery(""); q.Set("client_id", "x"); return q }(), false, http.StatusBadRequest, nil},
+		{"no state", func() url.Values { q := authQuery(""); q.Del("state"); return q }(), false, http.StatusBadRequest, nil},
+		{"token response type", func() url.Values { q := authQuery(""); q.Set("response_type", "token"); return q }(), false, http.StatusBadRequest, nil},
+		{"redirect_uri sent", func() url.Values { q := authQuery(""); q.Set("redirect_uri", "https://evil.example/"); return q }(), false, http.StatusBadRequest, nil},
+		{"unknown scope", func() url.Values { q := authQuery(""); q.Set("scope", "identity admin"); return q }(), false, http.StatusBadRequest, nil},
+		{"bad duration", authQuery("forever"), false, http.StatusBadRequest, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := start(t, secret)
+			e.emu.SetApprove(!tt.deny)
+			status, back := e.authorize(t, tt.q)
+			if status != tt.wantStatus {
+				t.Fatalf("authorize status = %d; want %d", status, tt.wantStatus)
+			}
+			var keys []string
+			for k := range back {
+				keys = append(keys, k)
+			}
+			if diff := cmp.Diff(tt.wantKeys, keys, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+				t.Errorf("redirect parameters mismatch (-want +got):\n%s", diff)
+			}
+			if tt.deny && back.Get("error") != "access_denied" {
+				t.Errorf("error = %q; want access_denied", back.Get("error"))
+			}
+		})
+	}
+}
+
+func TestToken(t *testing.T) {
+	e := start(t, secret)
+	_, back := e.authorize(t, authQuery("permanent"))
+	code := back.Get("code")
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}}
+
+	// Form-encoded credentials are not decoded: they fail.
+	if st, body := e.post(t, id, url.QueryEscape(secret), form); st != http.StatusUnauthorized || body["error"] != "invalid_client" {
+		t.Fatalf("form-encoded Basic: %d %v; want 401 invalid_client", st, body["error"])
+	}
+	st, body := e.post(t, id, secret, form)
+	if st != http.StatusOK {
+		t.Fatalf("exchange: %d %v; want 200", st, body["error"])
+	}
+	if body["expires_in"] != float64(1800) || body["token_type"] != "bearer" || body["scope"] != "identity items" || body["refresh_token"] == nil {
+		t.Errorf("exchange response fields wrong: expires_in %v, token_type %v, scope %v, has refresh_token %v",
+			body["expires_in"], body["token_type"], body["scope"], body["refresh_token"] != nil)
+	}
+	if st, body := e.post(t, id, secret, form); st != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Errorf("reused code: %d %v; want 400 invalid_grant", st, body["error"])
+	}
+	rt := body["refresh_token"].(string)
+	refresh := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}
+	if st, body := e.post(t, id, secret, refresh); st != http.StatusOK || body["refresh_token"] != nil {
+		t.Errorf("refresh without rotation: %d, new refresh token %v; want 200 and none", st, body["refresh_token"] != nil)
+	}
+	e.emu.SetRotate(true)
+	st, body = e.post(t, id, secret, refresh)
+	if st != http.StatusOK || body["refresh_token"] == nil || body["refresh_token"] == rt {
+		t.Fatalf("refresh with rotation: %d; want 200 and a new refresh token", st)
+	}
+	if st, body := e.post(t, id, secret, refresh); st != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Errorf("rotated-out refresh token: %d %v; want 400 invalid_grant", st, body["error"])
+	}
+	e.emu.RevokeAll()
+	refresh.Set("refresh_token", body["refresh_token"].(string))
+	if st, body := e.post(t, id, secret, refresh); st != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Errorf("after RevokeAll: %d %v; want 400 invalid_grant", st, body["error"])
+	}
+	want := waxemu.Counts{Authorize: 1, Approved: 1, TokenRequests: 7, CodeExchanges: 3, Refreshes: 4, Issued: 3,
+		ReusedCodes: 1, InvalidClient: 1, InvalidGrant: 3}
+	if diff := cmp.Diff(want, e.emu.Counts()); diff != "" {
+		t.Errorf("Counts() mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestTemporaryAndExpiredCodes(t *testing.T) {
+	e := start(t, secret)
+	_, back := e.authorize(t, authQuery(""))
+	st, body := e.post(t, id, secret, url.Values{"grant_type": {"authorization_code"}, "code": {back.Get("code")}})
+	if st != http.StatusOK || body["refresh_token"] != nil {
+		t.Errorf("exchange without duration=permanent: %d, refresh token %v; want 200 and none", st, body["refresh_token"] != nil)
+	}
+	_, back = e.authorize(t, authQuery("permanent"))
+	e.clk.t = e.clk.t.Add(waxemu.CodeLifetime)
+	if st, body := e.post(t, id, secret, url.Values{"grant_type": {"authorization_code"}, "code": {back.Get("code")}}); st != http.StatusBadRequest || body["error"] != "invalid_grant" {
+		t.Errorf("expired code: %d %v; want 400 invalid_grant", st, body["error"])
+	}
+}
+
+func TestDeviceSecrets(t *testing.T) {
+	e := start(t, "") // public client
+	_, back := e.authorize(t, authQuery("permanent"))
+	st, body := e.post(t, id, "device-secret-A", url.Values{"grant_type": {"authorization_code"}, "code": {back.Get("code")}})
+	if st != http.StatusOK {
+		t.Fatalf("exchange with a device secret: %d %v", st, body["error"])
+	}
+	refresh := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {body["refresh_token"].(string)}}
+	if st, body := e.post(t, id, "device-secret-B", refresh); st != http.StatusUnauthorized || body["error"] != "invalid_client" {
+		t.Errorf("refresh with another device secret: %d %v; want 401 invalid_client", st, body["error"])
+	}
+	if st, _ := e.post(t, id, "device-secret-A", refresh); st != http.StatusOK {
+		t.Errorf("refresh with the grant's device secret: %d; want 200", st)
+	}
+	if got := e.emu.Counts().DeviceSecretMismatches; got != 1 {
+		t.Errorf("DeviceSecretMismatches = %d; want 1", got)
+	}
+	if st, _ := e.post(t, "", "", refresh); st != http.StatusUnauthorized {
+		t.Errorf("refresh without Basic: %d; want 401", st)
+	}
+}
