@@ -128,10 +128,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Logger: log})
+	b, err := broker.New(broker.Options{
+		Cache: c, Connections: conns, Logger: log,
+		FetchTimeout:        cfg.Broker.FetchTimeout.Duration,
+		LeaseTTL:            cfg.Broker.LeaseTTL.Duration,
+		L1MaxAge:            cfg.Broker.L1MaxAge.Duration,
+		DisableRefreshAhead: !*cfg.Broker.RefreshAhead,
+	})
 	if err != nil {
 		return err
 	}
+	defer b.Close()
 	return serve(ctx, o, cfg, b, c, log, adminListening)
 }
 
@@ -223,6 +230,7 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		Handler:           adminHandler(c, b, &draining, log),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	go watchCache(ctx, c, hs, log)
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(grpcLis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
@@ -271,13 +279,58 @@ func adminHandler(c cache.Cache, b *broker.Broker, draining *atomic.Bool, log *s
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
 			if err := p.Ping(ctx); err != nil {
-				http.Error(w, "cache unreachable", http.StatusServiceUnavailable)
+				// Still ready: warm tokens come from memory and cold ones
+				// straight from the upstream. Taking every replica out of
+				// the Service because Redis is down would be an outage.
+				fmt.Fprintln(w, "degraded: shared cache unreachable; serving from memory and upstream")
 				return
 			}
 		}
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// CacheHealthService is the grpc.health.v1 service name that reports the
+// shared cache: NOT_SERVING while it is unreachable (the broker itself keeps
+// serving, degraded).
+const CacheHealthService = "tokenbroker.v1.SharedCache"
+
+// watchCache pings the shared cache every few seconds and reports it through
+// the health service and the log.
+func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog.Logger) {
+	p, ok := c.(cache.Pinger)
+	if !ok {
+		hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_SERVING)
+		return
+	}
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	healthy := true
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := p.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && healthy:
+			log.Warn("shared cache unreachable: serving degraded", "err", err)
+			hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
+		case err == nil && !healthy:
+			log.Info("shared cache reachable again")
+			fallthrough
+		case err == nil:
+			hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_SERVING)
+		}
+		healthy = err == nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func buildVersion() string {

@@ -65,12 +65,13 @@ func (s *Service) toStatus(ctx context.Context, method, connection string, err e
 		if oc := providers.OAuthCode(err); oc != "" {
 			meta["oauth_error"] = oc
 		}
+	case errors.Is(err, providers.ErrUnavailable):
+		// Includes an upstream that timed out: the caller may retry.
+		code, reason = codes.Unavailable, ReasonUpstreamUnavailble
 	case errors.Is(err, context.DeadlineExceeded):
 		code, reason = codes.DeadlineExceeded, ReasonDeadline
 	case errors.Is(err, context.Canceled):
 		code, reason = codes.Canceled, ReasonCanceled
-	case errors.Is(err, providers.ErrUnavailable):
-		code, reason = codes.Unavailable, ReasonUpstreamUnavailble
 	case errors.Is(err, providers.ErrInvalidResponse):
 		code, reason = codes.Unavailable, ReasonUpstreamInvalid
 	case errors.Is(err, broker.ErrStore):
