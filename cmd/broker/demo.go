@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/emulator/ccemu"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
@@ -32,6 +33,7 @@ type demo struct {
 // demoStarters add one demo connection each.
 var demoStarters = []func(ctx context.Context, d *demo) error{
 	startDemoCC,
+	startDemoWX,
 	startDemoWAX,
 }
 
@@ -101,6 +103,11 @@ func (d *demo) merge(cfg *config.Config) *config.Config {
 		cfg = &config.Config{Listen: config.Listen{GRPC: "127.0.0.1:9090", Admin: "127.0.0.1:9091"}}
 	}
 	cfg.Connections = append(cfg.Connections, d.conns...)
+	if !cfg.Auth.AllowAnonymous.Enabled && len(cfg.Auth.Callers) == 0 {
+		// The demo has no credentials to hand out: it trusts loopback only.
+		cfg.Auth.AllowAnonymous = auth.AnonymousConfig{Enabled: true, LoopbackOnly: true,
+			Policy: auth.Policy{Connections: []string{"*"}, RPCs: []string{auth.RoleOperator}}}
+	}
 	cfg.ApplyDefaults()
 	return cfg
 }

@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,9 +20,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	rpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -28,6 +34,8 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/emulator/ccemu"
 	"github.com/tokenbroker/tokenbroker/internal/testutil/logtest"
 )
 
@@ -216,6 +224,17 @@ func TestDemoThroughReflection(t *testing.T) {
 		t.Errorf("GetToken response lacks fields: token %d bytes, type %q, expires %q", len(got.AccessToken), got.TokenType, got.ExpiresAt)
 	}
 
+	for _, conn := range []string{"demo-wx"} {
+		r := dynamicpb.NewMessage(method.Output())
+		q := dynamicpb.NewMessage(method.Input())
+		if err := protojson.Unmarshal([]byte(`{"connection":"`+conn+`"}`), q); err != nil {
+			t.Fatal(err)
+		}
+		if err := cc.Invoke(ctx, "/tokenbroker.v1.TokenBrokerService/GetToken", q, r); err != nil {
+			t.Errorf("GetToken(%s) error = %v", conn, err)
+		}
+	}
+
 	hc, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health = %v, %v; want SERVING", hc.GetStatus(), err)
@@ -298,4 +317,72 @@ func reflectFiles(ctx context.Context, t *testing.T, cc *grpc.ClientConn, symbol
 		t.Fatal(err)
 	}
 	return files
+}
+
+// TestCallersMustAuthenticate runs the binary with a real config: callers
+// without credentials or with a wrong API key are refused, a caller allowed
+// only another connection is denied, and the right key gets its token.
+func TestCallersMustAuthenticate(t *testing.T) {
+	emu := ccemu.New(ccemu.Options{ClientID: "svc", ClientSecret: "cc-secret-value"})
+	up := httptest.NewServer(emu)
+	defer up.Close()
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const key, otherKey = "caller-api-key-0123456789", "other-api-key-0123456789"
+	hash := func(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+auth:
+  callers:
+    - name: pay
+      api_key_sha256: [%s]
+      policy: {connections: [pay], rpcs: [service]}
+    - name: other
+      api_key_sha256: [%s]
+      policy: {connections: [elsewhere], rpcs: [service]}
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: %s/o/token/
+    client_id: svc
+    client_secret: {file: %s}
+`, hash(key), hash(otherKey), up.URL, secretFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBroker(t, "-config", cfg)
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	call := func(k string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if k != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+k)
+		}
+		_, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "pay"})
+		return err
+	}
+	for _, tc := range []struct {
+		name, key string
+		want      codes.Code
+	}{
+		{"no credentials", "", codes.Unauthenticated},
+		{"wrong key", "not-a-configured-key", codes.Unauthenticated},
+		{"allowed another connection", otherKey, codes.PermissionDenied},
+		{"allowed", key, codes.OK},
+	} {
+		if got := status.Code(call(tc.key)); got != tc.want {
+			t.Errorf("%s: GetToken code = %v; want %v", tc.name, got, tc.want)
+		}
+	}
+	if emu.Requests() != 1 {
+		t.Errorf("upstream requests = %d; want 1 (refused callers never reach it)", emu.Requests())
+	}
+	logtest.AssertNoSecrets(t, p.logs.String(), logtest.Secrets{"api key": key, "other key": otherKey, "client secret": "cc-secret-value"})
 }

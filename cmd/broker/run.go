@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,20 +16,24 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/cache"
 	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
 	rediscache "github.com/tokenbroker/tokenbroker/internal/cache/redis"
+	"github.com/tokenbroker/tokenbroker/internal/cache/sealed"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/providers/builtin"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
+	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -123,7 +128,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "configuration OK: %d connections\n", len(conns))
 		return nil
 	}
-	c, err := openCache(cfg.Cache, loader)
+	c, err := openCache(cfg, loader, log)
 	if err != nil {
 		return err
 	}
@@ -171,10 +176,20 @@ func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger)
 	return conns, errors.Join(errs...)
 }
 
-func openCache(cc config.Cache, loader secret.Loader) (cache.Cache, error) {
-	switch cc.Type {
+// openCache opens the shared store and, when keys are configured, wraps it
+// so every value is encrypted at rest.
+func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cache.Cache, error) {
+	var kr *sealed.Keyring
+	if cfg.Encryption.Enabled() {
+		var err error
+		if kr, err = cfg.Encryption.Load(loader); err != nil {
+			return nil, fmt.Errorf("encryption: %w", err)
+		}
+	}
+	var c cache.Cache
+	switch cfg.Cache.Type {
 	case "redis":
-		r := cc.Redis
+		r := cfg.Cache.Redis
 		rc := rediscache.ClientConfig{
 			Addrs: r.Addrs, MasterName: r.MasterName, Cluster: r.Cluster,
 			Username: r.Username, SentinelUsername: r.SentinelUsername, DB: r.DB,
@@ -194,10 +209,33 @@ func openCache(cc config.Cache, loader secret.Loader) (cache.Cache, error) {
 			}
 			rc.SentinelPassword = pw.Reveal()
 		}
-		return rediscache.New(rediscache.Options{Client: rediscache.NewClient(rc), Prefix: r.KeyPrefix})
+		if r.TLS.Enabled {
+			tc, err := r.TLS.TLSConfig()
+			if err != nil {
+				return nil, fmt.Errorf("cache.redis.tls: %w", err)
+			}
+			rc.TLS = tc
+		}
+		rcache, err := rediscache.New(rediscache.Options{Client: rediscache.NewClient(rc), Prefix: r.KeyPrefix})
+		if err != nil {
+			return nil, err
+		}
+		c = rcache
+		if kr == nil {
+			log.Warn("encryption.insecure_plaintext is set: tokens, refresh tokens and device secrets are stored in Redis in plaintext")
+		}
 	default:
-		return memory.New(memory.Options{StateFile: cc.StateFile})
+		mc, err := memory.New(memory.Options{StateFile: cfg.Cache.StateFile})
+		if err != nil {
+			return nil, fmt.Errorf("cache.state_file: %w", err)
+		}
+		c = mc
 	}
+	if kr != nil {
+		log.Info("encryption at rest on", "keys", kr.IDs(), "primary", kr.Primary())
+		c = sealed.New(c, kr, nil)
+	}
+	return c, nil
 }
 
 // serve runs the gRPC and admin servers until ctx is done. adminListening,
@@ -218,7 +256,38 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		adminListening(adminLis.Addr())
 	}
 
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
+	authn, err := auth.New(cfg.Auth)
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	sopts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(64 << 10),
+		grpc.ChainUnaryInterceptor(authn.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(authn.StreamInterceptor()),
+	}
+	var adminTLS *tls.Config
+	if cfg.TLS.Enabled() {
+		grpcTLS, err := tlsutil.NewReloader(cfg.TLS, log)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		defer grpcTLS.Close()
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(grpcTLS.TLSConfig())))
+		// The admin port shares the certificate but asks for no client
+		// certificate: kubelet probes and Prometheus have none.
+		adminCfg := cfg.TLS
+		adminCfg.ClientCAFile, adminCfg.ClientAuth = "", ""
+		adminReloader, err := tlsutil.NewReloader(adminCfg, log)
+		if err != nil {
+			return fmt.Errorf("tls (admin): %w", err)
+		}
+		defer adminReloader.Close()
+		adminTLS = adminReloader.TLSConfig()
+	}
+	if adminTLS != nil {
+		adminLis = tls.NewListener(adminLis, adminTLS)
+	}
+	gs := grpc.NewServer(sopts...)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
