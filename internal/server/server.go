@@ -14,6 +14,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
 // Limits on request fields, beyond the broker's own checks.
@@ -138,6 +139,9 @@ func checkConnection(name string) error {
 	}
 	if len(name) > MaxConnectionName {
 		return invalid("connection: longer than %d bytes", MaxConnectionName)
+	}
+	if !config.NamePattern.MatchString(name) {
+		return invalid("connection: must match %s", config.NamePattern)
 	}
 	return nil
 }
