@@ -1,0 +1,181 @@
+package brokerclient_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tokenbroker/tokenbroker/api/brokerclient"
+)
+
+// lockedBuffer collects the broker's log lines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startDemoBroker builds cmd/broker, runs it with -demo on loopback ports and
+// returns its gRPC address once it logs that it is serving.
+func startDemoBroker(t *testing.T) (grpcAddr string, logs *lockedBuffer) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "broker")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/tokenbroker/tokenbroker/cmd/broker").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/broker: %v\n%s", err, out)
+	}
+
+	cmd := exec.Command(bin, "-demo", "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs = &lockedBuffer{}
+	ready := make(chan string, 1)
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.Write(append(sc.Bytes(), '\n'))
+			var rec struct {
+				Msg      string `json:"msg"`
+				GRPCAddr string `json:"grpc_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "serving" && rec.GRPCAddr != "" {
+				select {
+				case ready <- rec.GRPCAddr:
+				default:
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		_ = cmd.Wait()
+	})
+	select {
+	case addr := <-ready:
+		return addr, logs
+	case <-exited:
+		t.Fatalf("broker exited before serving:\n%s", logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("broker did not log \"serving\" within 30s:\n%s", logs.String())
+	}
+	return "", nil
+}
+
+// TestDemo gets a token for demo-cc from a real broker, reports it, and gets
+// a different one afterwards: first with Invalidate, then through the
+// transport when an API answers 401.
+func TestDemo(t *testing.T) {
+	addr, logs := startDemoBroker(t)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := &brokerclient.Config{Connection: "demo-cc", Scopes: []string{"read"}}
+
+	ts := cfg.TokenSource(ctx, conn)
+	first, err := ts.Token()
+	if err != nil {
+		t.Fatalf("Token() error = %v", err)
+	}
+	if first.AccessToken == "" || first.Type() != "Bearer" || time.Until(first.Expiry) < time.Minute {
+		t.Fatalf("Token() = %d-byte %q token expiring in %v; want a Bearer token valid for minutes",
+			len(first.AccessToken), first.Type(), time.Until(first.Expiry).Round(time.Second))
+	}
+	again, err := ts.Token()
+	if err != nil {
+		t.Fatalf("second Token() error = %v", err)
+	}
+	if again.AccessToken != first.AccessToken {
+		t.Errorf("second Token() returned a different token; want the first reused")
+	}
+
+	if err := brokerclient.Invalidate(ctx, conn, "demo-cc", []string{"read"}, first.AccessToken); err != nil {
+		t.Fatalf("Invalidate() error = %v", err)
+	}
+	second, err := cfg.TokenSource(ctx, conn).Token()
+	if err != nil {
+		t.Fatalf("Token() after Invalidate error = %v", err)
+	}
+	if second.AccessToken == first.AccessToken {
+		t.Errorf("Token() after Invalidate returned the invalidated token; want a new one")
+	}
+
+	// An API that has revoked the token it sees first: the transport
+	// reports it and retries with a token the broker has not handed out yet.
+	var mu sync.Mutex
+	var seen []string
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, r.Header.Get("Authorization"))
+		if len(seen) == 1 {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer api.Close()
+	client := &http.Client{Transport: cfg.Transport(ctx, conn, api.Client().Transport)}
+	resp, err := client.Post(api.URL, "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatalf("Post() error = %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("Post() status = %d; want 200 after the retry", resp.StatusCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("API got %d requests; want 2", len(seen))
+	}
+	if seen[0] != "Bearer "+second.AccessToken {
+		t.Errorf("first request did not carry the broker's current token")
+	}
+	if seen[1] == seen[0] || !strings.HasPrefix(seen[1], "Bearer ") {
+		t.Errorf("retry did not carry a new Bearer token")
+	}
+
+	for _, tok := range []string{first.AccessToken, second.AccessToken, strings.TrimPrefix(seen[1], "Bearer ")} {
+		if strings.Contains(logs.String(), tok) {
+			t.Errorf("broker logs contain an access token")
+		}
+	}
+}
