@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -235,6 +236,30 @@ func TestDemoThroughReflection(t *testing.T) {
 		}
 	}
 
+	// Two scope sets of one grant connection share its lease: fetched
+	// together, one waits for the other.
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := &tokenbrokerv1.GetTokenRequest{Connection: "demo-wx", ForceRefresh: true}
+			if i%2 == 1 {
+				req.Scopes = []string{"general"}
+			}
+			if _, err := client.GetToken(ctx, req); err != nil {
+				t.Errorf("GetToken(demo-wx, %v): %v", req.Scopes, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for range 3 {
+		client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc"})
+	}
+	client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "no-such-connection"})
+	checkMetrics(t, "http://"+p.adminAddr+"/metrics")
+
 	hc, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health = %v, %v; want SERVING", hc.GetStatus(), err)
@@ -385,4 +410,46 @@ connections:
 		t.Errorf("upstream requests = %d; want 1 (refused callers never reach it)", emu.Requests())
 	}
 	logtest.AssertNoSecrets(t, p.logs.String(), logtest.Secrets{"api key": key, "other key": otherKey, "client secret": "cc-secret-value"})
+}
+
+// checkMetrics asserts that every metric family the runbook documents is
+// exported with a non-zero sample.
+func checkMetrics(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tokenbroker_get_token_total{connection="demo-cc",outcome="l1_hit"}`,
+		`tokenbroker_get_token_total{connection="demo-cc",outcome="fetched"}`,
+		`tokenbroker_get_token_total{connection="(unknown)",outcome="NotFound"}`,
+		`tokenbroker_upstream_requests_total{connection="demo-wx",grant_type="password",status="200"}`,
+		`tokenbroker_upstream_requests_total{connection="demo-wx",grant_type="refresh_token",status="200"}`,
+		`tokenbroker_upstream_request_duration_seconds_count{connection="demo-cc",grant_type="client_credentials"}`,
+		`tokenbroker_refreshes_total{connection="demo-wx",trigger="on_demand"}`,
+		`tokenbroker_token_seconds_until_expiry{connection="demo-cc"}`,
+		`tokenbroker_connection_state{connection="demo-wax",state="needs_authorization"}`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="GetToken",grpc_service="tokenbroker.v1.TokenBrokerService",grpc_type="unary"}`,
+	} {
+		i := strings.Index(string(body), want+" ")
+		if i < 0 {
+			t.Errorf("/metrics lacks %s", want)
+			continue
+		}
+		line := string(body[i+len(want)+1:])
+		line, _, _ = strings.Cut(line, "\n")
+		if line == "0" {
+			t.Errorf("/metrics %s = 0; want non-zero", want)
+		}
+	}
+	// Contention and failures do not happen on demand in one healthy
+	// process; the replica tests drive those. Their series exist from start.
+	for _, series := range []string{`tokenbroker_lock_waits_total{connection="demo-wx"}`, `tokenbroker_lock_takeovers_total{connection="demo-wx"}`} {
+		if !strings.Contains(string(body), series+" ") {
+			t.Errorf("/metrics lacks %s", series)
+		}
+	}
 }

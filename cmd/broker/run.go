@@ -29,8 +29,10 @@ import (
 	rediscache "github.com/tokenbroker/tokenbroker/internal/cache/redis"
 	"github.com/tokenbroker/tokenbroker/internal/cache/sealed"
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/providers/builtin"
+	"github.com/tokenbroker/tokenbroker/internal/reqlog"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
@@ -120,7 +122,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if o.adminAddr != "" {
 		cfg.Listen.Admin = o.adminAddr
 	}
-	conns, err := openConnections(cfg, loader, log)
+	m := metrics.New()
+	conns, err := openConnections(cfg, loader, log, m)
 	if err != nil {
 		return fmt.Errorf("config has problems:\n%w", err)
 	}
@@ -134,7 +137,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer c.Close()
 	b, err := broker.New(broker.Options{
-		Cache: c, Connections: conns, Logger: log,
+		Cache: c, Connections: conns, Logger: log, Metrics: m,
 		FetchTimeout:        cfg.Broker.FetchTimeout.Duration,
 		LeaseTTL:            cfg.Broker.LeaseTTL.Duration,
 		L1MaxAge:            cfg.Broker.L1MaxAge.Duration,
@@ -144,26 +147,34 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer b.Close()
-	return serve(ctx, o, cfg, b, c, log, adminListening)
+	m.WatchConnections(func(ctx context.Context) []metrics.ConnectionState {
+		infos := b.Connections(ctx)
+		out := make([]metrics.ConnectionState, len(infos))
+		for i, info := range infos {
+			out[i] = metrics.ConnectionState{Name: info.Name, State: stateName(info.State), TokenExpiry: info.TokenExpiry}
+		}
+		return out
+	})
+	return serve(ctx, o, cfg, b, c, log, m, adminListening)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	return slog.New(reqlog.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})))
 }
 
 // openConnections opens every connection's provider, reading its secrets,
 // and reports every failure at once.
-func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger) ([]broker.Connection, error) {
-	client := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger, m *metrics.Metrics) ([]broker.Connection, error) {
+	base := http.DefaultTransport.(*http.Transport).Clone()
 	var conns []broker.Connection
 	var errs []error
 	for i, cc := range cfg.Connections {
 		p, err := cc.Provider.Open(providers.Env{
 			Name:       cc.Name,
 			Now:        time.Now,
-			HTTPClient: client,
+			HTTPClient: &http.Client{Transport: m.Transport(cc.Name, base)},
 			Logger:     log.With("connection", cc.Name),
 			Secrets:    loader,
 		})
@@ -241,7 +252,7 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 // serve runs the gRPC and admin servers until ctx is done. adminListening,
 // if not nil, learns the admin server's address once it listens.
 func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
-	adminListening func(net.Addr)) error {
+	m *metrics.Metrics, adminListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
 	if err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -262,8 +273,8 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(64 << 10),
-		grpc.ChainUnaryInterceptor(authn.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(authn.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor()),
 	}
 	var adminTLS *tls.Config
 	if cfg.TLS.Enabled() {
@@ -291,12 +302,13 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	server.RegisterService(gs, server.New(server.Config{Broker: b, Logger: log}))
+	server.RegisterService(gs, server.New(server.Config{Broker: b, Logger: log, Metrics: m}))
+	m.GRPC.InitializeMetrics(gs)
 	hs.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	var draining atomic.Bool
 	admin := &http.Server{
-		Handler:           adminHandler(c, b, &draining, log),
+		Handler:           adminHandler(c, b, m, &draining, log),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go watchCache(ctx, c, hs, log)
@@ -331,8 +343,9 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	return nil
 }
 
-func adminHandler(c cache.Cache, b *broker.Broker, draining *atomic.Bool, log *slog.Logger) http.Handler {
+func adminHandler(c cache.Cache, b *broker.Broker, m *metrics.Metrics, draining *atomic.Bool, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET "+server.CallbackPath, server.NewCallbackHandler(b, log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -358,6 +371,18 @@ func adminHandler(c cache.Cache, b *broker.Broker, draining *atomic.Bool, log *s
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+func stateName(s broker.ConnectionState) string {
+	switch s {
+	case broker.StateNeedsAuthorization:
+		return "needs_authorization"
+	case broker.StateRevoked:
+		return "revoked"
+	case broker.StateFailing:
+		return "failing"
+	}
+	return "ready"
 }
 
 // CacheHealthService is the grpc.health.v1 service name that reports the

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
@@ -52,6 +53,8 @@ type Options struct {
 	// Upstream is the retry policy around provider calls; each connection
 	// gets its own breaker from it (nil: the zero Policy's defaults).
 	Upstream *upstream.Policy
+	// Metrics receives counters (nil: kept, but not exported).
+	Metrics *metrics.Metrics
 }
 
 // A Connection is a named, opened provider.
@@ -104,6 +107,7 @@ type Broker struct {
 	lastCacheWarn atomic.Int64
 	refreshes     atomic.Int64
 	policy        *upstream.Policy
+	metrics       *metrics.Metrics
 	// oncePolicy never retries: for calls that spend something single-use
 	// (a rotating refresh token), where a retry after a lost answer would
 	// present a token the upstream already replaced.
@@ -115,6 +119,7 @@ type conn struct {
 	// keepsGrant: the provider keeps durable grant state (refresh tokens).
 	keepsGrant bool
 	breaker    *upstream.Breaker
+	m          *metrics.Conn
 	// lastLifetime is a time.Duration.
 	lastLifetime atomic.Int64
 	// grantMu serialises grant read-modify-write within this process, so
@@ -144,6 +149,10 @@ func New(o Options) (*Broker, error) {
 	}
 	if b.leaseTTL <= 0 {
 		b.leaseTTL = DefaultLeaseTTL
+	}
+	b.metrics = o.Metrics
+	if b.metrics == nil {
+		b.metrics = metrics.New()
 	}
 	b.policy = o.Upstream
 	if b.policy == nil {
@@ -176,11 +185,12 @@ func New(o Options) (*Broker, error) {
 		}
 		_, isRef := c.Provider.(providers.Refresher)
 		_, isAuth := c.Provider.(providers.Authorizer)
-		cn := &conn{Connection: c, keepsGrant: isRef || isAuth}
+		cn := &conn{Connection: c, keepsGrant: isRef || isAuth, m: b.metrics.Connection(c.Name)}
 		name := c.Name
 		bc := b.policy.Breaker
 		bc.OnStateChange = func(from, to string) {
 			b.log.Warn("upstream circuit breaker", "connection", name, "from", from, "to", to)
+			cn.m.BreakerChanged(to)
 			if f := b.policy.Breaker.OnStateChange; f != nil {
 				f(from, to)
 			}
@@ -230,10 +240,12 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	key := tokenKey(c.Name, scopes)
 	if !req.ForceRefresh {
 		if t, ok := b.l1.get(key, b.now(), req.MinTTL, b.l1MaxAge); ok {
+			c.m.Served(metrics.OutcomeL1Hit)
 			return t, nil
 		}
 		if ct := b.readShared(ctx, key); ct != nil && ct.usable(b.now(), req.MinTTL) {
 			b.remember(c, key, scopes, ct)
+			c.m.Served(metrics.OutcomeSharedHit)
 			return &ct.Token, nil
 		}
 	}
@@ -264,6 +276,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 		if r.Err != nil {
 			return nil, r.Err
 		}
+		c.m.Served(metrics.OutcomeFetched)
 		return r.Val.(*Token), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -283,7 +296,7 @@ func (b *Broker) readShared(ctx context.Context, key string) *cachedToken {
 	raw, err := b.cache.Get(ctx, key)
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {
-			b.cacheTrouble(ctx, "cache read failed", err)
+			b.cacheTrouble(ctx, "get", "cache read failed", err)
 		}
 		return nil
 	}
@@ -314,6 +327,8 @@ type fetchOptions struct {
 	// replaceBefore: only a token expiring after this is new enough
 	// (force_refresh and refresh-ahead replace the token they saw).
 	replaceBefore time.Time
+	// ahead: a background refresh, not a caller's miss.
+	ahead bool
 }
 
 func (o fetchOptions) accepts(ct *cachedToken, now time.Time) bool {
@@ -341,12 +356,16 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 		switch {
 		case err == nil:
 			if waited {
-				b.log.DebugContext(ctx, "lease acquired after waiting", "connection", c.Name)
+				c.m.LockTakenOver()
+				b.log.InfoContext(ctx, "lease taken over after waiting for another replica", "connection", c.Name)
 			}
 			return b.fetchHeld(ctx, c, key, scopes, o, lease)
 		case errors.Is(err, cache.ErrLocked):
 			// Another replica is fetching: wait for its result. If it
 			// dies, its lease lapses and TryLock takes over.
+			if !waited {
+				c.m.LockWaited()
+			}
 			waited = true
 			select {
 			case <-ctx.Done():
@@ -361,7 +380,7 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 		default:
 			// The shared cache is down: fetch without the cross-replica
 			// lease; this process's single flight still holds.
-			b.cacheTrouble(ctx, "lease unavailable; fetching without it", err)
+			b.cacheTrouble(ctx, "lock", "lease unavailable; fetching without it", err)
 			return b.fetchHeld(ctx, c, key, scopes, o, nil)
 		}
 	}
@@ -391,6 +410,7 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 		}
 	}
 	start := b.now()
+	c.m.Refreshed(o.ahead)
 	pt, err := b.obtain(ctx, c, scopes, set)
 	if err != nil {
 		c.setError(err)
@@ -412,7 +432,7 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 	if ttl := ct.freshUntil.Sub(now); ttl > 0 {
 		if err := set(ctx, key, encodeToken(t, ct.freshUntil), ttl); err != nil {
 			// The token is good; other replicas will fetch their own.
-			b.cacheTrouble(ctx, "cache write failed", err)
+			b.cacheTrouble(ctx, "set", "cache write failed", err)
 		}
 	}
 	b.remember(c, key, scopes, ct)
@@ -459,7 +479,8 @@ func (b *Broker) keepRenewed(ctx context.Context, c *conn, lease cache.Lease) (s
 
 // cacheTrouble logs a shared-cache failure: at warn level once in a while,
 // at debug level otherwise, so an outage does not flood the log.
-func (b *Broker) cacheTrouble(ctx context.Context, msg string, err error) {
+func (b *Broker) cacheTrouble(ctx context.Context, op, msg string, err error) {
+	b.metrics.CacheError(op)
 	now := b.now().UnixNano()
 	last := b.lastCacheWarn.Load()
 	if now-last > int64(10*time.Second) && b.lastCacheWarn.CompareAndSwap(last, now) {
@@ -488,7 +509,7 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set sette
 		}
 		// Without the store, a provider that needs no person can still
 		// run its full grant.
-		b.cacheTrouble(ctx, "grant unreadable; running the full grant", err)
+		b.cacheTrouble(ctx, "get_grant", "grant unreadable; running the full grant", err)
 		g = nil
 	}
 	if isRef && g.Usable(b.now()) {

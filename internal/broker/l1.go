@@ -122,7 +122,7 @@ func (b *Broker) refreshAheadNow(key string, e *l1Entry) {
 	_, _, _ = b.flights.Do(key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), b.fetchTimeout)
 		defer cancel()
-		t, err := b.fetch(ctx, e.c, key, e.scopes, fetchOptions{replaceBefore: e.tok.Expiry})
+		t, err := b.fetch(ctx, e.c, key, e.scopes, fetchOptions{replaceBefore: e.tok.Expiry, ahead: true})
 		if err != nil {
 			b.log.WarnContext(ctx, "refresh-ahead failed; callers will fetch on demand", "connection", e.c.Name, "err", err)
 		}
@@ -136,7 +136,7 @@ func (b *Broker) announce(ctx context.Context, key string) {
 		return
 	}
 	if err := b.pub.Publish(ctx, invalidateChannel, []byte(key)); err != nil {
-		b.cacheTrouble(ctx, "invalidation not published; other replicas catch up within l1_max_age", err)
+		b.cacheTrouble(ctx, "publish", "invalidation not published; other replicas catch up within l1_max_age", err)
 	}
 }
 

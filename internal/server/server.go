@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
@@ -27,13 +29,16 @@ const (
 type Config struct {
 	Broker *broker.Broker
 	Logger *slog.Logger
+	// Metrics counts failed GetToken calls by gRPC code (nil: not counted).
+	Metrics *metrics.Metrics
 }
 
 // Service implements tokenbrokerv1.TokenBrokerServiceServer.
 type Service struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
-	b   *broker.Broker
-	log *slog.Logger
+	b       *broker.Broker
+	log     *slog.Logger
+	metrics *metrics.Metrics
 }
 
 // New returns the service.
@@ -42,7 +47,11 @@ func New(c Config) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{b: c.Broker, log: log}
+	m := c.Metrics
+	if m == nil {
+		m = metrics.New()
+	}
+	return &Service{b: c.Broker, log: log, metrics: m}
 }
 
 // RegisterService registers svc on s.
@@ -52,6 +61,14 @@ func RegisterService(s grpc.ServiceRegistrar, svc *Service) {
 
 // GetToken implements the RPC.
 func (s *Service) GetToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+	resp, err := s.getToken(ctx, req)
+	if err != nil {
+		s.metrics.Lookup(req.GetConnection()).Failed(status.Code(err).String())
+	}
+	return resp, err
+}
+
+func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
 	if err := checkConnection(req.GetConnection()); err != nil {
 		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
 	}
