@@ -76,3 +76,56 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# ---------------------------------------------------------------------------
+# Helm chart and container image (issue 7)
+#
+#   make helm-test   lint the chart, render it for every deploy/helm/tokenbroker/ci/*.yaml,
+#                    validate the manifests offline against the Kubernetes 1.30 schemas,
+#                    and run the chart tests (deploy/helm/chartest, a Go module of its own)
+#   make image       build the container image with `docker build`. The CI and development
+#                    machines have no Docker engine, so this target cannot run there; `make build`
+#                    builds the same static binary the Dockerfile does.
+
+HELM_VERSION             := v3.22.0
+KUBECTL_VALIDATE_VERSION := v0.0.4
+KUBE_VERSION             := 1.30
+CHART        := deploy/helm/tokenbroker
+CHART_VALUES := $(sort $(wildcard $(CHART)/ci/*.yaml))
+HELM_OUT     := $(CURDIR)/.cache/helm
+IMAGE        ?= ghcr.io/tokenbroker/tokenbroker
+DOCKER       ?= docker
+
+.PHONY: image helm-tools helm-lint helm-template helm-validate helm-test
+
+## CI (`make test`) checks the chart as well.
+test: helm-test
+
+image:
+	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+
+helm-tools: $(BIN)/.helm-$(HELM_VERSION) $(BIN)/.kubectl-validate-$(KUBECTL_VALIDATE_VERSION)
+
+$(BIN)/.helm-%:
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$*
+	@touch $@
+$(BIN)/.kubectl-validate-%:
+	GOBIN=$(BIN) $(GO) install sigs.k8s.io/kubectl-validate@$*
+	@touch $@
+
+## helm-lint: `helm lint` ignores `fail` (templates/validate.yaml); helm-template catches those.
+helm-lint: helm-tools
+	@set -e; for f in $(CHART_VALUES); do echo "helm lint --strict $(CHART) -f $$f"; helm lint --strict $(CHART) -f $$f; done
+
+helm-template: helm-tools
+	@rm -rf $(HELM_OUT) && mkdir -p $(HELM_OUT)
+	@set -e; for f in $(CHART_VALUES); do \
+		echo "helm template tokenbroker $(CHART) -f $$f"; \
+		helm template tokenbroker $(CHART) --namespace tokenbroker -f $$f > $(HELM_OUT)/$$(basename $$f); done
+
+## helm-validate: kubectl-validate has no CRDs built in; the ServiceMonitor's trimmed schema is in chartest/testdata/crds.
+helm-validate: helm-template
+	kubectl-validate --version $(KUBE_VERSION) --local-crds deploy/helm/chartest/testdata/crds $(HELM_OUT)
+
+helm-test: helm-lint helm-validate
+	cd deploy/helm/chartest && HELM=$(BIN)/helm $(GO) test -count=1 ./...

@@ -1,0 +1,203 @@
+{{/* Names, labels and the rendered broker configuration. */}}
+
+{{- define "tokenbroker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tokenbroker.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenbroker.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels shared by every object; the component label tells the broker from the embedded Redis. */}}
+{{- define "tokenbroker.commonLabels" -}}
+helm.sh/chart: {{ include "tokenbroker.chart" . }}
+app.kubernetes.io/name: {{ include "tokenbroker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tokenbroker.labels" -}}
+{{ include "tokenbroker.commonLabels" . }}
+app.kubernetes.io/component: broker
+{{- end -}}
+
+{{- define "tokenbroker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenbroker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end -}}
+
+{{- define "tokenbroker.redis.fullname" -}}
+{{- printf "%s-redis" (include "tokenbroker.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "tokenbroker.redis.labels" -}}
+{{ include "tokenbroker.commonLabels" . }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "tokenbroker.redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokenbroker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "tokenbroker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tokenbroker.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenbroker.configSecretName" -}}
+{{- if .Values.configSecret.create -}}
+{{- default (printf "%s-config" (include "tokenbroker.fullname" .)) .Values.configSecret.name -}}
+{{- else -}}
+{{- .Values.configSecret.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tokenbroker.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A Go duration of hours, minutes and seconds ("1m30s") in whole seconds. */}}
+{{- define "tokenbroker.seconds" -}}
+{{- $total := 0 -}}
+{{- range $part := regexFindAll "[0-9]+[hms]" (toString .) -1 -}}
+{{- $n := atoi (regexFind "[0-9]+" $part) -}}
+{{- if hasSuffix "h" $part -}}{{- $n = mul $n 3600 -}}{{- else if hasSuffix "m" $part -}}{{- $n = mul $n 60 -}}{{- end -}}
+{{- $total = add $total $n -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/* The probe kind: grpc, http, https or tcp. */}}
+{{- define "tokenbroker.probeType" -}}
+{{- if ne .Values.probes.type "auto" -}}
+{{- .Values.probes.type -}}
+{{- else if not .Values.tls.enabled -}}
+grpc
+{{- else -}}
+https
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis addresses the broker dials. */}}
+{{- define "tokenbroker.redisAddrs" -}}
+{{- if .Values.redis.embedded.enabled -}}
+{{- list (printf "%s:6379" (include "tokenbroker.redis.fullname" .)) | toJson -}}
+{{- else -}}
+{{- .Values.redis.addrs | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fixed paths of files mounted from Secrets. */}}
+{{- define "tokenbroker.paths" -}}
+config: /etc/tokenbroker/config
+redisPassword: /etc/tokenbroker/redis
+redisCA: /etc/tokenbroker/redis-tls
+tmp: /tmp
+{{- end -}}
+
+{{/*
+The broker's config.yaml. Every secret setting names a file mounted from a Secret;
+no secret value is ever rendered here.
+*/}}
+{{- define "tokenbroker.config" -}}
+{{- $v := .Values -}}
+{{- $paths := include "tokenbroker.paths" . | fromYaml -}}
+{{- $c := dict -}}
+{{- $_ := set $c "listen" (dict "grpc" (printf ":%d" (int $v.ports.grpc)) "admin" (printf ":%d" (int $v.ports.admin))) -}}
+{{- $_ = set $c "log" (dict "level" $v.log.level) -}}
+{{- if $v.tls.enabled -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $v.tls.mountPath) "key_file" (printf "%s/tls.key" $v.tls.mountPath) -}}
+{{- if $v.tls.mtls -}}
+{{- $_ = set $tls "client_ca_file" (printf "%s/ca.crt" $v.tls.mountPath) -}}
+{{- end -}}
+{{- $_ = set $c "tls" $tls -}}
+{{- end -}}
+{{- $anon := dict "enabled" $v.auth.allowAnonymous.enabled "loopback_only" $v.auth.allowAnonymous.loopbackOnly -}}
+{{- if $v.auth.allowAnonymous.policy -}}
+{{- $_ = set $anon "policy" $v.auth.allowAnonymous.policy -}}
+{{- end -}}
+{{- $_ = set $c "auth" (dict "allow_anonymous" $anon "callers" (default list $v.auth.callers)) -}}
+{{- if $v.encryption.existingSecret -}}
+{{- $keys := list -}}
+{{- range $id := $v.encryption.keys -}}
+{{- $keys = append $keys (dict "id" $id "secret" (dict "file" (printf "%s/%s" $v.encryption.mountPath $id))) -}}
+{{- end -}}
+{{- $enc := dict "keys" $keys "insecure_plaintext" false -}}
+{{- if $v.encryption.primary -}}
+{{- $_ = set $enc "primary" $v.encryption.primary -}}
+{{- end -}}
+{{- $_ = set $c "encryption" $enc -}}
+{{- else if $v.encryption.insecurePlaintext -}}
+{{- $_ = set $c "encryption" (dict "insecure_plaintext" true) -}}
+{{- end -}}
+{{- $cache := dict "type" $v.cache.type -}}
+{{- if eq $v.cache.type "memory" -}}
+{{- $_ = set $cache "state_file" $v.cache.stateFile -}}
+{{- else -}}
+{{- $r := $v.redis -}}
+{{- $redis := dict "addrs" (include "tokenbroker.redisAddrs" . | fromJsonArray) "master_name" $r.masterName "cluster" $r.cluster "username" $r.username "key_prefix" $r.keyPrefix -}}
+{{- if $r.existingSecret -}}
+{{- $_ = set $redis "password" (dict "file" (printf "%s/password" $paths.redisPassword)) -}}
+{{- end -}}
+{{- $rtls := dict "enabled" $r.tls.enabled -}}
+{{- if $r.tls.caSecret -}}
+{{- $_ = set $rtls "ca_file" (printf "%s/ca.crt" $paths.redisCA) -}}
+{{- end -}}
+{{- if $r.tls.serverName -}}
+{{- $_ = set $rtls "server_name" $r.tls.serverName -}}
+{{- end -}}
+{{- $_ = set $redis "tls" $rtls -}}
+{{- $_ = set $cache "redis" $redis -}}
+{{- end -}}
+{{- $_ = set $c "cache" $cache -}}
+{{- $b := $v.broker -}}
+{{- $_ = set $c "broker" (dict "lease_ttl" $b.leaseTTL "l1_max_age" $b.l1MaxAge "fetch_timeout" $b.fetchTimeout "refresh_ahead" $b.refreshAhead) -}}
+{{- $_ = set $c "connections" (default list $v.connections) -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/*
+A probe's action. kubelet's native gRPC probe speaks plaintext only, so with TLS the
+probes use HTTPS on the admin port: kubelet does not verify the certificate, and the
+broker never asks for client certificates there, even with mutual TLS on gRPC.
+*/}}
+{{- define "tokenbroker.probeAction" -}}
+{{- $v := .ctx.Values -}}
+{{- if eq .type "grpc" -}}
+grpc:
+  port: {{ $v.ports.grpc }}
+  service: {{ .service | quote }}
+{{- else if or (eq .type "http") (eq .type "https") -}}
+httpGet:
+  path: {{ .path }}
+  port: admin
+  scheme: {{ upper .type }}
+{{- else -}}
+tcpSocket:
+  port: grpc
+{{- end -}}
+{{- end -}}
