@@ -36,6 +36,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
+	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -123,7 +124,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Listen.Admin = o.adminAddr
 	}
 	m := metrics.New()
-	conns, err := openConnections(cfg, loader, log, m)
+	tr, err := tracing.Start(ctx, cfg.Tracing, version)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tr.Shutdown(sctx)
+	}()
+	conns, err := openConnections(cfg, loader, log, m, tr)
 	if err != nil {
 		return fmt.Errorf("config has problems:\n%w", err)
 	}
@@ -155,7 +165,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return out
 	})
-	return serve(ctx, o, cfg, b, c, log, m, adminListening)
+	return serve(ctx, o, cfg, b, c, log, m, tr, adminListening)
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
@@ -166,8 +176,8 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 
 // openConnections opens every connection's provider, reading its secrets,
 // and reports every failure at once.
-func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger, m *metrics.Metrics) ([]broker.Connection, error) {
-	base := http.DefaultTransport.(*http.Transport).Clone()
+func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger, m *metrics.Metrics, tr *tracing.Tracing) ([]broker.Connection, error) {
+	base := tr.Transport(http.DefaultTransport.(*http.Transport).Clone())
 	var conns []broker.Connection
 	var errs []error
 	for i, cc := range cfg.Connections {
@@ -252,7 +262,7 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 // serve runs the gRPC and admin servers until ctx is done. adminListening,
 // if not nil, learns the admin server's address once it listens.
 func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
-	m *metrics.Metrics, adminListening func(net.Addr)) error {
+	m *metrics.Metrics, tr *tracing.Tracing, adminListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
 	if err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -276,6 +286,7 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor()),
 	}
+	sopts = append(sopts, tr.ServerOptions()...)
 	var adminTLS *tls.Config
 	if cfg.TLS.Enabled() {
 		grpcTLS, err := tlsutil.NewReloader(cfg.TLS, log)

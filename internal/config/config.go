@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
+	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
 
 // Defaults.
@@ -43,10 +44,12 @@ type Config struct {
 	Auth auth.Config `yaml:"auth"`
 	// Encryption encrypts every stored token, grant and authorization
 	// state (AES-256-GCM).
-	Encryption  Encryption   `yaml:"encryption"`
-	Cache       Cache        `yaml:"cache"`
-	Broker      Broker       `yaml:"broker"`
-	Connections []Connection `yaml:"connections"`
+	Encryption Encryption `yaml:"encryption"`
+	Cache      Cache      `yaml:"cache"`
+	Broker     Broker     `yaml:"broker"`
+	// Tracing exports OpenTelemetry spans over OTLP (off by default).
+	Tracing     tracing.Config `yaml:"tracing"`
+	Connections []Connection   `yaml:"connections"`
 }
 
 // Encryption configures encryption at rest.
@@ -318,6 +321,7 @@ func (c *Config) Validate() error {
 		add("broker.lease_ttl: at least 300ms (it is renewed every third)")
 	}
 	errs = append(errs, prefix("tls.", c.TLS.Validate())...)
+	errs = append(errs, prefix("tracing.", c.Tracing.Validate())...)
 	errs = append(errs, prefix("auth.", c.Auth.Validate())...)
 	if c.Encryption.Enabled() {
 		errs = append(errs, prefix("encryption.", c.Encryption.Validate())...)
