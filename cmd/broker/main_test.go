@@ -90,6 +90,7 @@ connections:
 				`connections[1].name: "pay" is already used by connections[0]`,
 				"connections[1].token_url: required",
 				`connections[1].timeout: line 14: invalid duration "soon"`,
+				"connections[0].client_secret: read file " + filepath.Join(dir, "missing-secret"),
 			} {
 				if !strings.Contains(string(out), want) {
 					t.Errorf("output lacks %q:\n%s", want, out)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,7 @@ type options struct {
 	adminAddr     string
 	shutdownDelay time.Duration
 	drainTimeout  time.Duration
+	cpuProfile    string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -65,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.adminAddr, "admin-addr", "", "admin HTTP listen `address` (overrides listen.admin; default "+config.DefaultAdminAddr+")")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, report not ready and keep serving this long before draining")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, wait this long for in-flight calls")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to `file` until the broker stops (for benchmarks)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -86,6 +89,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "tokenbroker", buildVersion())
 		return nil
 	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	reg := builtin.Registry()
 	var cfg *config.Config
 	if o.configFile != "" {
@@ -93,7 +106,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("read config: %w", err)
 		}
-		if cfg, err = config.Parse(data, reg); err != nil {
+		if cfg, err = config.ParseAndCheckSecrets(data, reg, secret.Loader{}); err != nil {
 			return fmt.Errorf("config %s has problems:\n%w", o.configFile, err)
 		}
 	}

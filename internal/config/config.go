@@ -154,6 +154,29 @@ var NamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
 // Parse decodes and validates a configuration file. The error lists every
 // problem found.
 func Parse(data []byte, reg *providers.Registry) (*Config, error) {
+	c, err := parse(data, reg)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ParseAndCheckSecrets is Parse that, when the file has problems, also
+// reports every referenced secret that cannot be read, so one run lists
+// everything wrong. (A valid file's secrets are read when providers open.)
+func ParseAndCheckSecrets(data []byte, reg *providers.Registry, loader secret.Loader) (*Config, error) {
+	c, err := parse(data, reg)
+	if err == nil {
+		return c, nil
+	}
+	if c != nil {
+		err = errors.Join(append([]error{err}, CheckSecrets(c, loader)...)...)
+	}
+	return nil, err
+}
+
+// parse returns what could be decoded, with the problems found.
+func parse(data []byte, reg *providers.Registry) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("not valid YAML: %w", err)
@@ -169,7 +192,8 @@ func Parse(data []byte, reg *providers.Registry) (*Config, error) {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		// The partial configuration lets callers report more (CheckSecrets).
+		return c, err
 	}
 	return c, nil
 }

@@ -1,0 +1,77 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+var refType = reflect.TypeFor[secret.Ref]()
+
+// CheckSecrets tries to read every secret the configuration references,
+// wherever it sits, and reports each one that cannot be read with its path.
+// It lets a configuration with other problems still report its unreadable
+// secrets in the same run. Errors name the source, never a secret.
+func CheckSecrets(c *Config, loader secret.Loader) []error {
+	var errs []error
+	walkRefs(reflect.ValueOf(c).Elem(), "", func(path string, r secret.Ref) {
+		if r.IsZero() {
+			return
+		}
+		if _, err := loader.Load(r); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	})
+	for i, conn := range c.Connections {
+		if conn.Provider != nil {
+			walkRefs(reflect.ValueOf(conn.Provider).Elem(), fmt.Sprintf("connections[%d]", i), func(path string, r secret.Ref) {
+				if r.IsZero() {
+					return
+				}
+				if _, err := loader.Load(r); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", path, err))
+				}
+			})
+		}
+	}
+	return errs
+}
+
+func walkRefs(v reflect.Value, path string, fn func(string, secret.Ref)) {
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == refType {
+			fn(path, v.Interface().(secret.Ref))
+			return
+		}
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "-" {
+				continue
+			}
+			p := path
+			if !strings.Contains(opts, "inline") {
+				if name == "" {
+					name = strings.ToLower(f.Name)
+				}
+				p = join(path, name)
+			}
+			walkRefs(v.Field(i), p, fn)
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			walkRefs(v.Index(i), fmt.Sprintf("%s[%d]", path, i), fn)
+		}
+	case reflect.Pointer:
+		if !v.IsNil() {
+			walkRefs(v.Elem(), path, fn)
+		}
+	}
+}
