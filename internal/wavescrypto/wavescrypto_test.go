@@ -3,6 +3,7 @@ package wavescrypto
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -895,5 +896,28 @@ func BenchmarkVerify(b *testing.B) {
 		if !Verify(pk, msg, sig) {
 			b.Fatal("Verify = false")
 		}
+	}
+}
+
+// Baselines for BENCHMARKS.md: the standard library's Ed25519 does the same
+// curve work (one base-point multiplication to sign, one double-scalar
+// multiplication to verify), so the ratio shows the cost of the Waves
+// scheme's extra steps (Montgomery→Edwards conversion, sign-bit handling).
+func BenchmarkBaselineEd25519Sign(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	msg := TokenMessage('W', "wx.network", 1700000000)
+	b.ReportAllocs()
+	for b.Loop() {
+		ed25519.Sign(priv, msg)
+	}
+}
+
+func BenchmarkBaselineEd25519Verify(b *testing.B) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	msg := TokenMessage('W', "wx.network", 1700000000)
+	sig := ed25519.Sign(priv, msg)
+	b.ReportAllocs()
+	for b.Loop() {
+		ed25519.Verify(pub, msg, sig)
 	}
 }
