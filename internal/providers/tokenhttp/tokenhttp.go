@@ -270,7 +270,7 @@ func (c *Client) Post(ctx context.Context, tokenURL string, form url.Values, aut
 		return nil, rejected(st, data, scrubList(body, auth, basicUser, basicPass))
 	case st >= 300:
 		return nil, fmt.Errorf("%w: HTTP %d redirect%s not followed: check the token URL",
-			providers.ErrRejected, st, redirectTarget(resp.Header.Get("Location")))
+			providers.ErrRejected, st, redirectTarget(resp.Header.Get(hiddenLocation), scrubList(body, auth, basicUser, basicPass)))
 	case st >= 200:
 		return parseSuccess(sent, st, data)
 	default:
@@ -292,7 +292,32 @@ func (c *Client) httpClient() *http.Client {
 	}
 	hc := *base
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	rt := hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	hc.Transport = hideLocation{rt}
 	return &hc
+}
+
+// hiddenLocation is where hideLocation moves a redirect's Location header.
+const hiddenLocation = "X-Tokenhttp-Location"
+
+// hideLocation moves the Location header of a 3xx answer out of net/http's
+// sight. http.Client parses it before asking CheckRedirect, and on failure
+// returns an error quoting the whole header: upstream text, unscrubbed and
+// unbounded, that would end up in logs.
+type hideLocation struct{ rt http.RoundTripper }
+
+func (h hideLocation) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.rt.RoundTrip(r)
+	if err == nil && resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		if loc, ok := resp.Header["Location"]; ok {
+			delete(resp.Header, "Location")
+			resp.Header[hiddenLocation] = loc
+		}
+	}
+	return resp, err
 }
 
 // unavailable wraps a transport error. The *url.Error from net/http carries
@@ -464,14 +489,22 @@ func retryAfter(v string, now time.Time) time.Duration {
 	return 0
 }
 
-// redirectTarget names where a redirect pointed, without query or user info.
-func redirectTarget(loc string) string {
+// redirectTarget names where a redirect pointed: scheme, host and path,
+// without user info, query or fragment, scrubbed of secrets like an
+// error_description and as short.
+func redirectTarget(loc string, secrets []string) string {
 	u, err := url.Parse(loc)
 	if loc == "" || err != nil {
 		return ""
 	}
-	u.User, u.RawQuery, u.Fragment = nil, "", ""
-	return " to " + strconv.Quote(u.String())
+	target := u.Host + u.Path
+	if u.Scheme != "" {
+		target = u.Scheme + "://" + target
+	}
+	if target = clean(target, secrets, maxDescription); target == "" {
+		return ""
+	}
+	return " to " + strconv.Quote(target)
 }
 
 // oauthErrorBody is RFC 6749 §5.2.
@@ -536,23 +569,21 @@ func scrubList(form url.Values, auth Auth, basicUser, basicPass string) []string
 	return list
 }
 
-// clean makes upstream text safe to put in an error: secrets replaced by
-// secret.Redacted, control characters by spaces, invalid UTF-8 dropped, and
-// the result cut to at most limit bytes on a character boundary. Secrets are
-// replaced before cutting, so no cut can leave a recognisable part of one.
+// clean makes upstream text safe to put in an error: control characters
+// replaced by spaces, invalid UTF-8 dropped, then secrets replaced by
+// secret.Redacted, and the result cut to at most limit bytes on a character
+// boundary. Secrets are replaced after the other changes, which could
+// otherwise rebuild one (a tab sent for a secret's space, an invalid byte
+// inside it), and before cutting, so no cut can leave a recognisable part
+// of one.
 func clean(s string, secrets []string, limit int) string {
+	s = printable(s)
 	for _, sec := range secrets {
 		s = strings.ReplaceAll(s, sec, secret.Redacted)
-	}
-	s = strings.Map(func(r rune) rune {
-		switch {
-		case r == utf8.RuneError:
-			return -1
-		case unicode.IsControl(r):
-			return ' '
+		if p := printable(sec); p != sec && p != "" {
+			s = strings.ReplaceAll(s, p, secret.Redacted)
 		}
-		return r
-	}, strings.ToValidUTF8(s, ""))
+	}
 	s = strings.TrimSpace(s)
 	if len(s) > limit {
 		cut := limit
@@ -562,4 +593,18 @@ func clean(s string, secrets []string, limit int) string {
 		s = s[:cut]
 	}
 	return s
+}
+
+// printable drops invalid UTF-8 and U+FFFD from s and turns control
+// characters into spaces.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == utf8.RuneError:
+			return -1
+		case unicode.IsControl(r):
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, ""))
 }
