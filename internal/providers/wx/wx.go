@@ -386,6 +386,11 @@ func (p *provider) decode(resp *tokenhttp.Response, signed time.Time) (*provider
 			providers.ErrInvalidResponse, stamp(expiry), stamp(signed))
 	case !signed.IsZero() && expiry.After(signed):
 		expiry = signed
+		// The answer may come after the signed expiry (a lifetime shorter
+		// than the request took): then the token is dead on arrival.
+		if !expiry.After(now) {
+			return nil, fmt.Errorf("%w: signed expiry %s passed before the answer came", providers.ErrInvalidResponse, stamp(signed))
+		}
 	case signed.IsZero() && expiry.After(now.Add(MaxTokenLifetime+clockTolerance)):
 		return nil, fmt.Errorf("%w: token expiry %s is more than %v ahead, the gateway's maximum",
 			providers.ErrInvalidResponse, stamp(expiry), MaxTokenLifetime)
@@ -453,7 +458,7 @@ func jwtExp(tok string) (exp time.Time, ok bool, err error) {
 		return time.Unix(i, 0), true, nil
 	}
 	f, err := n.Float64()
-	if err != nil || f <= 0 || f >= math.MaxInt64/2 {
+	if err != nil || f < 1 || f >= math.MaxInt64/2 { // below 1 s would truncate to the epoch
 		return time.Time{}, false, errors.New("JWT exp claim is out of range")
 	}
 	return time.Unix(int64(f), 0), true, nil
