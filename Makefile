@@ -129,3 +129,16 @@ helm-validate: helm-template
 
 helm-test: helm-lint helm-validate
 	cd deploy/helm/chartest && HELM=$(BIN)/helm $(GO) test -count=1 ./...
+
+# --- fuzzing (issue 6) -------------------------------------------------------
+# `make fuzz` runs every fuzz target for FUZZTIME each (`make fuzz FUZZTIME=10m`).
+# Not part of `make test`, whose `go test` runs only the seed corpora (the
+# f.Add seeds and testdata/fuzz/<FuzzName>/ of each package).
+FUZZTIME ?= 60s
+
+.PHONY: fuzz
+fuzz:
+	$(GO) test -run=^$$ -fuzz=^FuzzPost$$ -fuzztime=$(FUZZTIME) ./internal/providers/tokenhttp
+	$(GO) test -run=^$$ -fuzz=^FuzzDecode$$ -fuzztime=$(FUZZTIME) ./internal/providers/wx
+	$(GO) test -run=^$$ -fuzz=^FuzzParse$$ -fuzztime=$(FUZZTIME) ./internal/config
+	$(GO) test -run=^$$ -fuzz=^FuzzCallback$$ -fuzztime=$(FUZZTIME) ./internal/server
