@@ -44,7 +44,7 @@ func FuzzCallback(f *testing.F) {
 		"code=abc&state=$STATE",
 		"state=$STATE&error=access_denied&error_description=User+said+no",
 		"state=$STATE&error=server_error",
-		"state=$STATE&code=" + strings.Repeat("c", broker.MaxCodeLength+1),
+		"state=$STATE&code=" + strings.Repeat("c", 64),
 		"code=abc&state=not-a-state",
 		"code=abc",
 		"state=$STATE",
