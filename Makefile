@@ -142,3 +142,37 @@ fuzz:
 	$(GO) test -run=^$$ -fuzz=^FuzzDecode$$ -fuzztime=$(FUZZTIME) ./internal/providers/wx
 	$(GO) test -run=^$$ -fuzz=^FuzzParse$$ -fuzztime=$(FUZZTIME) ./internal/config
 	$(GO) test -run=^$$ -fuzz=^FuzzCallback$$ -fuzztime=$(FUZZTIME) ./internal/server
+
+# --- benchmarks (issue 8) -----------------------------------------------------
+#   make bench        baseline (a do-nothing gRPC server) vs the broker (memory cache, and Redis-backed), same load
+#                     generator, BENCH_DURATION each (default 10s) at c=16 and 64, servers and load generator pinned
+#                     to different CPUs; plus Redis round trips per L1 hit, cold-miss overhead, heap per token.
+#                     One table; BENCHMARKS.md says how to read it. BENCH_ROUNDS=3 repeats every run (medians).
+#   make bench-smoke  one very short pass (1s at c=16, ~10s warm); fails on errors or heap per token over 1 KiB,
+#                     never on speed
+#   make bench-go     the Go benchmarks of the hit path (-benchmem)
+#   make bench-ghz    cross-check: ghz (pinned) against the baseline and the broker
+BENCH_DURATION ?= 10s
+GHZ_VERSION    := v0.121.0
+BENCH_GO_PKGS  := ./internal/broker ./internal/server ./internal/cache/memory ./internal/cache/sealed ./internal/wavescrypto
+
+.PHONY: bench bench-smoke bench-go bench-ghz
+
+## CI (`make test`) runs the smoke pass so the harness cannot rot.
+test: bench-smoke
+
+bench: deps
+	BENCH_DURATION=$(BENCH_DURATION) $(GO) run ./bench/cmd/benchrun
+
+bench-smoke: deps
+	$(GO) run ./bench/cmd/benchrun -smoke
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_GO_PKGS)
+
+$(BIN)/.ghz-%:
+	GOBIN=$(BIN) $(GO) install github.com/bojand/ghz/cmd/ghz@$*
+	@touch $@
+
+bench-ghz: deps $(BIN)/.ghz-$(GHZ_VERSION)
+	BENCH_DURATION=$(BENCH_DURATION) $(GO) run ./bench/cmd/benchrun -ghz $(BIN)/ghz

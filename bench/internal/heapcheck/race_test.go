@@ -1,0 +1,5 @@
+//go:build race
+
+package heapcheck
+
+const raceEnabled = true
