@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -444,6 +445,18 @@ func checkMetrics(t *testing.T, url string) {
 		line, _, _ = strings.Cut(line, "\n")
 		if line == "0" {
 			t.Errorf("/metrics %s = 0; want non-zero", want)
+		}
+	}
+	// Every metric the alerts and the runbook name exists.
+	for _, doc := range []string{"../../deploy/prometheus/alerts.yaml", "../../docs/RUNBOOK.md"} {
+		text, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range regexp.MustCompile(`\btokenbroker_[a-z_]+`).FindAllString(string(text), -1) {
+			if !strings.Contains(string(body), "# TYPE "+name+" ") {
+				t.Errorf("%s names %s, which /metrics does not export", doc, name)
+			}
 		}
 	}
 	// Contention and failures do not happen on demand in one healthy

@@ -30,6 +30,9 @@ const (
 	OutcomeFetched   = "fetched"
 )
 
+// CacheOps are the op labels of cache errors.
+var CacheOps = []string{"get", "set", "lock", "publish", "get_grant"}
+
 // Metrics holds every metric. Its methods are safe for concurrent use.
 type Metrics struct {
 	Registry *prometheus.Registry
@@ -79,6 +82,10 @@ func New() *Metrics {
 			Help: "1 while the connection's upstream circuit breaker is open or half-open."}, []string{"connection"}),
 		conns: map[string]*Conn{},
 	}
+	// Series exist from the start, so rate() and alerts see a zero, not nothing.
+	for _, op := range CacheOps {
+		m.cacheErrors.WithLabelValues(op)
+	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.GRPC, m.getToken, m.upstream, m.upstreamLatency, m.refreshes, m.lockWaits, m.lockTakeovers, m.cacheErrors, m.breaker)
 	return m
@@ -116,6 +123,7 @@ func (m *Metrics) Connection(name string) *Conn {
 			fetched: m.getToken.WithLabelValues(name, OutcomeFetched), refreshAhead: m.refreshes.WithLabelValues(name, "ahead"),
 			refreshOnDemand: m.refreshes.WithLabelValues(name, "on_demand"), lockWait: m.lockWaits.WithLabelValues(name),
 			lockTakeover: m.lockTakeovers.WithLabelValues(name)}
+		m.breaker.WithLabelValues(name).Set(0)
 		m.conns[name] = c
 	}
 	return c
