@@ -264,6 +264,9 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 			return nil, fmt.Errorf("cache.state_file: %w", err)
 		}
 		c = mc
+		if kr == nil && cfg.Cache.StateFile != "" {
+			log.Warn("cache.state_file without encryption.keys: refresh tokens and device secrets are written to the state file in plaintext (mode 0600)")
+		}
 	}
 	if kr != nil {
 		log.Info("encryption at rest on", "keys", kr.IDs(), "primary", kr.Primary())

@@ -341,7 +341,13 @@ func (r *AuthorizationResponse) check() error {
 	return nil
 }
 
-func authStateKey(state string) string { return "authstate:" + state }
+// authStateKey stores a state under its hash: someone who can read the
+// store's key names must not learn a live state and finish the
+// authorization with a code of their own.
+func authStateKey(state string) string {
+	sum := sha256.Sum256([]byte(state))
+	return "authstate:" + hex.EncodeToString(sum[:])
+}
 
 // authResultKey names the outcome of one (state, code or error) answer. The
 // hash keeps the code out of the key.

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 )
 
@@ -42,7 +43,7 @@ func invalid(format string, args ...any) error {
 // unexpected is logged and answered as INTERNAL without detail.
 func (s *Service) toStatus(ctx context.Context, method, connection string, err error) error {
 	meta := map[string]string{}
-	if connection != "" && len(connection) <= MaxConnectionName {
+	if connection != "" && len(connection) <= MaxConnectionName && config.NamePattern.MatchString(connection) {
 		meta["connection"] = connection
 	}
 	var code codes.Code

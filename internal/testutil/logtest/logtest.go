@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +54,7 @@ func AssertNoSecrets(t testing.TB, logs string, secrets Secrets) {
 		if len(s) < 6 {
 			continue
 		}
-		forms := []string{s, base64.StdEncoding.EncodeToString([]byte(s)), base64.RawURLEncoding.EncodeToString([]byte(s))}
+		forms := []string{s, url.QueryEscape(s), base64.StdEncoding.EncodeToString([]byte(s)), base64.RawURLEncoding.EncodeToString([]byte(s))}
 		for _, f := range forms {
 			if strings.Contains(logs, f) {
 				t.Errorf("logs contain secret %q (%d bytes of log captured)", label, len(logs))
