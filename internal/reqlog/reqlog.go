@@ -21,15 +21,41 @@ const Header = "x-request-id"
 
 type ctxKey struct{}
 
+// idContext carries a call's request id. It is the interceptor's only
+// allocation per call: the id the interceptor assigns is kept as its counter
+// value and formatted only when something asks for it (a log line), which a
+// cached GetToken at info level never does.
+type idContext struct {
+	context.Context
+	id string // set by WithID or the caller; else n is formatted
+	n  uint64 // 0: none
+}
+
+func (c *idContext) Value(key any) any {
+	if key == (ctxKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func (c *idContext) requestID() string {
+	if c.id != "" || c.n == 0 {
+		return c.id
+	}
+	return formatID(c.n)
+}
+
 // WithID returns ctx carrying request id id.
 func WithID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, ctxKey{}, id)
+	return &idContext{Context: ctx, id: id}
 }
 
 // ID returns the request id in ctx, or "".
 func ID(ctx context.Context) string {
-	id, _ := ctx.Value(ctxKey{}).(string)
-	return id
+	if c, ok := ctx.Value(ctxKey{}).(*idContext); ok {
+		return c.requestID()
+	}
+	return ""
 }
 
 // Handler adds "request_id" to every record logged with a context that
@@ -60,16 +86,13 @@ var (
 	counter atomic.Uint64
 )
 
-func newID() string { return prefix + "-" + strconv.FormatUint(counter.Add(1), 36) }
+func formatID(n uint64) string { return prefix + "-" + strconv.FormatUint(n, 36) }
 
 // callerID returns the caller's x-request-id if it is a short token of
 // safe characters, so it can be logged as it is.
 func callerID(ctx context.Context) string {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ""
-	}
-	v := md.Get(Header)
+	// Not FromIncomingContext: that copies the whole metadata map.
+	v := metadata.ValueFromIncomingContext(ctx, Header)
 	if len(v) != 1 || len(v[0]) == 0 || len(v[0]) > 64 {
 		return ""
 	}
@@ -86,11 +109,11 @@ func callerID(ctx context.Context) string {
 // cached GetToken logs nothing and allocates nothing for it at info).
 func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		id := callerID(ctx)
-		if id == "" {
-			id = newID()
+		c := &idContext{Context: ctx, id: callerID(ctx)}
+		if c.id == "" {
+			c.n = counter.Add(1)
 		}
-		ctx = WithID(ctx, id)
+		ctx = c
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		level := slog.LevelDebug

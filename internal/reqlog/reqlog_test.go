@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -52,5 +53,71 @@ func TestEveryLineCarriesTheRequestID(t *testing.T) {
 	}
 	if ids[2] == "abc-123" || strings.ContainsAny(ids[2], " \n") || ids[2] != ids[3] {
 		t.Errorf("request ids = %v; want one fresh safe id for the second call", ids)
+	}
+}
+
+func TestIDsAreStableAndUnique(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	ic := UnaryInterceptor(log)
+	info := &grpc.UnaryServerInfo{FullMethod: "/tokenbroker.v1.TokenBrokerService/GetToken"}
+	seen := map[string]bool{}
+	for range 100 {
+		var first, second string
+		_, _ = ic(context.Background(), nil, info, func(ctx context.Context, _ any) (any, error) {
+			first, second = ID(ctx), ID(ctx)
+			return nil, nil
+		})
+		if first == "" || first != second || !strings.HasPrefix(first, prefix+"-") {
+			t.Fatalf("ID = %q then %q; want one non-empty id with the process prefix", first, second)
+		}
+		if seen[first] {
+			t.Fatalf("id %q handed out twice", first)
+		}
+		seen[first] = true
+	}
+	if got := ID(WithID(context.Background(), "given")); got != "given" {
+		t.Errorf("ID(WithID(given)) = %q", got)
+	}
+	if got := ID(context.Background()); got != "" {
+		t.Errorf("ID(no id) = %q; want empty", got)
+	}
+	if got := ID(WithID(context.Background(), "")); got != "" {
+		t.Errorf("ID(WithID(\"\")) = %q; want empty", got)
+	}
+}
+
+// TestContextStillCarriesEverything: the id context passes other values,
+// deadlines and cancellation through.
+func TestContextStillCarriesEverything(t *testing.T) {
+	type key struct{}
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	ic := UnaryInterceptor(slog.New(slog.DiscardHandler))
+	info := &grpc.UnaryServerInfo{FullMethod: "/x/Y"}
+	_, _ = ic(parent, nil, info, func(ctx context.Context, _ any) (any, error) {
+		if ctx.Value(key{}) != "v" {
+			t.Error("value of the parent context lost")
+		}
+		child, stop := context.WithCancel(ctx)
+		defer stop()
+		cancel()
+		<-child.Done()
+		if ctx.Err() != context.Canceled {
+			t.Errorf("Err() = %v; want canceled", ctx.Err())
+		}
+		return nil, nil
+	})
+}
+
+// TestSuccessAllocatesOnce: at info level a successful call costs the
+// interceptor one allocation (the context carrying the id), and nothing
+// for logging.
+func TestSuccessAllocatesOnce(t *testing.T) {
+	log := slog.New(NewHandler(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	ic := UnaryInterceptor(log)
+	info := &grpc.UnaryServerInfo{FullMethod: "/tokenbroker.v1.TokenBrokerService/GetToken"}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("user-agent", "grpc-go", "content-type", "application/grpc"))
+	handler := func(context.Context, any) (any, error) { return nil, nil }
+	if n := testing.AllocsPerRun(100, func() { _, _ = ic(ctx, nil, info, handler) }); n > 1 {
+		t.Errorf("interceptor allocates %v times per successful call; want at most 1", n)
 	}
 }
