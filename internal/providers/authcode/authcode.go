@@ -134,7 +134,7 @@ func (c *Config) problems(f flavor) []error {
 	for _, u := range []struct{ key, val string }{{"authorize_url", c.AuthorizeURL}, {"token_url", c.TokenURL}} {
 		if u.val == "" {
 			add(u.key, "required")
-		} else if err := checkURL(u.val); err != nil {
+		} else if err := providers.CheckEndpointURL(u.val); err != nil {
 			add(u.key, "%v", err)
 		}
 	}
@@ -163,12 +163,12 @@ func (c *Config) problems(f flavor) []error {
 		}
 	}
 	for i, s := range c.Scopes {
-		if err := checkScope(s); err != nil {
+		if err := providers.CheckScope(s); err != nil {
 			add(fmt.Sprintf("scopes[%d]", i), "%v", err)
 		}
 	}
 	if c.RedirectURL != "" {
-		if err := checkURL(c.RedirectURL); err != nil {
+		if err := providers.CheckEndpointURL(c.RedirectURL); err != nil {
 			add("redirect_url", "%v", err)
 		}
 	}
@@ -195,36 +195,6 @@ func (c *Config) problems(f flavor) []error {
 		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
 	}
 	return errs
-}
-
-func checkURL(raw string) error {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		return errors.New("not a valid URL")
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("must be an absolute http or https URL, got scheme %q", u.Scheme)
-	case u.Host == "":
-		return errors.New("must be an absolute URL with a host")
-	case u.User != nil:
-		return errors.New("must not contain credentials")
-	case u.Fragment != "":
-		return errors.New("must not contain a fragment")
-	}
-	return nil
-}
-
-// checkScope applies RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
-func checkScope(s string) error {
-	if s == "" {
-		return errors.New("empty scope")
-	}
-	for _, r := range s {
-		if r < 0x21 || r > 0x7e || r == '"' || r == '\\' {
-			return fmt.Errorf("scope %q contains a character RFC 6749 §3.3 does not allow", s)
-		}
-	}
-	return nil
 }
 
 // Open validates the configuration, applies defaults, reads the client

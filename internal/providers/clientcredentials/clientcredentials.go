@@ -89,7 +89,7 @@ func (c *Config) Validate() error {
 
 	if c.TokenURL == "" {
 		add("token_url", "required")
-	} else if err := checkTokenURL(c.TokenURL); err != nil {
+	} else if err := providers.CheckEndpointURL(c.TokenURL); err != nil {
 		add("token_url", "%v", err)
 	}
 	if c.ClientID == "" {
@@ -106,7 +106,7 @@ func (c *Config) Validate() error {
 		add("auth_style", "must be %q or %q, got %q", AuthStyleBasic, AuthStyleBody, c.AuthStyle)
 	}
 	for i, s := range c.Scopes {
-		if err := checkScope(s); err != nil {
+		if err := providers.CheckScope(s); err != nil {
 			add(fmt.Sprintf("scopes[%d]", i), "%v", err)
 		}
 	}
@@ -133,36 +133,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func checkTokenURL(raw string) error {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		return errors.New("not a valid URL")
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("must be an absolute http or https URL, got scheme %q", u.Scheme)
-	case u.Host == "":
-		return errors.New("must be an absolute URL with a host")
-	case u.User != nil:
-		return errors.New("must not contain credentials: use client_id and client_secret")
-	case u.Fragment != "":
-		return errors.New("must not contain a fragment")
-	}
-	return nil
-}
-
-// checkScope applies RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
-func checkScope(s string) error {
-	if s == "" {
-		return errors.New("empty scope")
-	}
-	for _, r := range s {
-		if r < 0x21 || r > 0x7e || r == '"' || r == '\\' {
-			return fmt.Errorf("scope %q contains a character RFC 6749 §3.3 does not allow", s)
-		}
-	}
-	return nil
 }
 
 // Open validates the configuration, applies defaults, reads the client

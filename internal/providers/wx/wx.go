@@ -110,7 +110,7 @@ func (c *Config) Validate() error {
 
 	if c.TokenURL == "" {
 		add("token_url", "required")
-	} else if err := checkTokenURL(c.TokenURL); err != nil {
+	} else if err := providers.CheckEndpointURL(c.TokenURL); err != nil {
 		add("token_url", "%v", err)
 	}
 	if c.ClientID == "" {
@@ -152,23 +152,6 @@ func (c *Config) Validate() error {
 		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
 	}
 	return errors.Join(errs...)
-}
-
-func checkTokenURL(raw string) error {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		return errors.New("not a valid URL")
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("must be an absolute http or https URL, got scheme %q", u.Scheme)
-	case u.Host == "":
-		return errors.New("must be an absolute URL with a host")
-	case u.User != nil:
-		return errors.New("must not contain credentials")
-	case u.Fragment != "":
-		return errors.New("must not contain a fragment")
-	}
-	return nil
 }
 
 // Open validates the configuration, applies defaults, reads the key through
