@@ -88,12 +88,20 @@ func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenReque
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
 	}
-	return &tokenbrokerv1.GetTokenResponse{
-		AccessToken: t.AccessToken.Reveal(),
-		TokenType:   t.TokenType,
-		ExpiresAt:   timestamppb.New(t.Expiry),
-		Scopes:      t.Scopes,
-	}, nil
+	// One allocation for the response and its timestamp (as timestamppb.New
+	// would fill it).
+	r := new(getTokenResponse)
+	r.expiresAt.Seconds, r.expiresAt.Nanos = t.Expiry.Unix(), int32(t.Expiry.Nanosecond())
+	r.resp.AccessToken = t.AccessToken.Reveal()
+	r.resp.TokenType = t.TokenType
+	r.resp.ExpiresAt = &r.expiresAt
+	r.resp.Scopes = t.Scopes
+	return &r.resp, nil
+}
+
+type getTokenResponse struct {
+	resp      tokenbrokerv1.GetTokenResponse
+	expiresAt timestamppb.Timestamp
 }
 
 // InvalidateToken implements the RPC.
@@ -157,10 +165,27 @@ func checkConnection(name string) error {
 	if len(name) > MaxConnectionName {
 		return invalid("connection: longer than %d bytes", MaxConnectionName)
 	}
-	if !config.NamePattern.MatchString(name) {
+	if !validName(name) {
 		return invalid("connection: must match %s", config.NamePattern)
 	}
 	return nil
 }
+
+// validName reports whether name matches config.NamePattern,
+// ^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$, without running the regexp.
+func validName(name string) bool {
+	n := len(name)
+	if n == 0 || n > 64 || !lowerOrDigit(name[0]) || !lowerOrDigit(name[n-1]) {
+		return false
+	}
+	for i := 1; i < n-1; i++ {
+		if c := name[i]; !lowerOrDigit(c) && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerOrDigit(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
 
 var _ = durationpb.New // min_ttl is a google.protobuf.Duration
