@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,12 +32,15 @@ const (
 // CacheOps are the op labels of cache errors.
 var CacheOps = []string{"get", "set", "lock", "publish", "get_grant"}
 
+// GRPCHandlingBuckets are the buckets of grpc_server_handling_seconds.
+var GRPCHandlingBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
 // Metrics holds every metric. Its methods are safe for concurrent use.
 type Metrics struct {
 	Registry *prometheus.Registry
-	// GRPC is the grpc-ecosystem server metrics provider; register its
-	// interceptors on the server.
-	GRPC *grpcprom.ServerMetrics
+	// GRPC are the gRPC server metrics; register its interceptors on the
+	// server and call its InitializeMetrics once the services are registered.
+	GRPC *ServerMetrics
 
 	getToken        *prometheus.CounterVec
 	upstream        *prometheus.CounterVec
@@ -58,8 +60,7 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}))),
+		GRPC:     NewServerMetrics(GRPCHandlingBuckets),
 		getToken: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "get_token_total",
 			Help: "GetToken calls by connection and outcome: l1_hit, shared_hit, fetched, or the gRPC error code."},
 			[]string{"connection", "outcome"}),

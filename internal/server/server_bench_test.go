@@ -68,11 +68,16 @@ func newBenchSetup(b *testing.B) *benchSetup {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &benchSetup{
+	s := &benchSetup{
 		svc:   server.New(server.Config{Broker: br, Logger: log, Metrics: m}),
 		m:     m,
 		chain: []grpc.UnaryServerInterceptor{reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()},
 	}
+	// As cmd/broker does once the services are registered.
+	gs := grpc.NewServer()
+	server.RegisterService(gs, s.svc)
+	m.GRPC.InitializeMetrics(gs)
+	return s
 }
 
 var benchRequest = &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Scopes: []string{"read"}}
