@@ -176,3 +176,9 @@ $(BIN)/.ghz-%:
 
 bench-ghz: deps $(BIN)/.ghz-$(GHZ_VERSION)
 	BENCH_DURATION=$(BENCH_DURATION) $(GO) run ./bench/cmd/benchrun -ghz $(BIN)/ghz
+
+# ---- replicas: the multi-process harness by hand ------------------------------
+.PHONY: cluster
+## cluster: N brokers + redis-server + emulators on loopback; type commands (kill N, term N, redis-kill, …)
+cluster: deps
+	$(GO) run ./internal/testutil/cluster/cmd/cluster -replicas $(or $(REPLICAS),3)
