@@ -123,7 +123,7 @@ func BenchmarkGetToken(b *testing.B) {
 		}
 		stop()
 	})
-	for i, name := range []string{"reqlog", "grpcprom", "auth"} {
+	for i, name := range []string{"reqlog", "metrics", "auth"} {
 		one := chainUnary(s.chain[i:i+1], info, handler)
 		b.Run("only="+name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -58,6 +58,8 @@ type settings struct {
 	smoke            bool
 	goCmd            string
 	ghz              string
+	compare          string
+	variantEnv       string
 }
 
 func main() {
@@ -94,6 +96,8 @@ func parseSettings(args []string) (*settings, error) {
 	fs.BoolVar(&s.redis, "redis", env("BENCH_REDIS", "1") != "0", "include the Redis-backed broker (needs redis-server)")
 	fs.BoolVar(&s.pin, "pin", env("BENCH_PIN", "1") != "0", "pin servers and load generator to different CPUs with taskset")
 	fs.StringVar(&s.goCmd, "go", env("GO", "go"), "go command used to build")
+	fs.StringVar(&s.compare, "compare", env("BENCH_COMPARE", ""), "another broker `binary` (say, built from an older commit) to run as target broker-compare, memory cache")
+	fs.StringVar(&s.variantEnv, "variant-env", env("BENCH_VARIANT_ENV", ""), "`NAME=VALUE`: also run broker-memory with this in its environment (say GOGC=400), as target broker-memory+NAME=VALUE")
 	fs.StringVar(&s.ghz, "ghz", env("BENCH_GHZ", ""), "ghz `binary`: also drive the baseline and broker-memory with it, as a cross-check")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -197,11 +201,28 @@ func run(ctx context.Context, s *settings) error {
 		return err
 	}
 	targets = append(targets, base)
-	mem, err := startBroker(ctx, bins, work, "broker-memory", serverCPUs, s.profileDir, emu, nil)
+	mem, err := startBroker(ctx, bins.broker, work, "broker-memory", serverCPUs, s.profileDir, emu, nil, nil)
 	if err != nil {
 		return err
 	}
 	targets = append(targets, mem)
+	if s.variantEnv != "" {
+		if !strings.Contains(s.variantEnv, "=") {
+			return fmt.Errorf("variant-env %q: want NAME=VALUE", s.variantEnv)
+		}
+		v, err := startBroker(ctx, bins.broker, work, "broker-memory+"+s.variantEnv, serverCPUs, s.profileDir, emu, nil, []string{s.variantEnv})
+		if err != nil {
+			return err
+		}
+		targets = append(targets, v)
+	}
+	if s.compare != "" {
+		cmpb, err := startBroker(ctx, s.compare, work, "broker-compare", serverCPUs, s.profileDir, emu, nil, nil)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, cmpb)
+	}
 	if s.redis {
 		if _, err := exec.LookPath("redis-server"); err != nil {
 			res.Notes = append(res.Notes, "broker-redis skipped: redis-server not installed (make deps)")
@@ -214,7 +235,7 @@ func run(ctx context.Context, s *settings) error {
 			return err
 		}
 		defer rs.stop()
-		rb, err := startBroker(ctx, bins, work, "broker-redis", serverCPUs, s.profileDir, emu, rs)
+		rb, err := startBroker(ctx, bins.broker, work, "broker-redis", serverCPUs, s.profileDir, emu, rs, nil)
 		if err != nil {
 			return err
 		}

@@ -145,7 +145,7 @@ func startBaseline(ctx context.Context, bins *binaries, work, cpus, profileDir s
 
 // startBroker runs `broker -demo -config NAME.yaml` with connection bench-cc
 // (the emulator), and with cache.type redis when rs is set.
-func startBroker(ctx context.Context, bins *binaries, work, name, cpus, profileDir string, emu *emulator, rs *redisServer) (*target, error) {
+func startBroker(ctx context.Context, bin, work, name, cpus, profileDir string, emu *emulator, rs *redisServer, extraEnv []string) (*target, error) {
 	cfg := fmt.Sprintf(`# written by bench/cmd/benchrun
 log: {level: info}
 connections:
@@ -181,7 +181,7 @@ encryption:
 	if profileDir != "" {
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, name+".pprof"))
 	}
-	p, addr, err := startProc(ctx, name, work, cpus, []string{"BENCH_CC_SECRET=" + emu.clientSecret}, servingRE, bins.broker, args...)
+	p, addr, err := startProc(ctx, name, work, cpus, append([]string{"BENCH_CC_SECRET=" + emu.clientSecret}, extraEnv...), servingRE, bin, args...)
 	if err != nil {
 		return nil, err
 	}
