@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -38,9 +39,10 @@ var GRPCHandlingBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1
 // Metrics holds every metric. Its methods are safe for concurrent use.
 type Metrics struct {
 	Registry *prometheus.Registry
-	// GRPC are the gRPC server metrics; register its interceptors on the
-	// server and call its InitializeMetrics once the services are registered.
-	GRPC *ServerMetrics
+	// GRPC is the grpc-ecosystem server metrics provider; register its
+	// interceptors on the server and call its InitializeMetrics once the
+	// services are registered.
+	GRPC *grpcprom.ServerMetrics
 
 	getToken        *prometheus.CounterVec
 	upstream        *prometheus.CounterVec
@@ -60,7 +62,8 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		GRPC:     NewServerMetrics(GRPCHandlingBuckets),
+		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(GRPCHandlingBuckets))),
 		getToken: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "get_token_total",
 			Help: "GetToken calls by connection and outcome: l1_hit, shared_hit, fetched, or the gRPC error code."},
 			[]string{"connection", "outcome"}),
