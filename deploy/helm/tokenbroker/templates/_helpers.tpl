@@ -176,6 +176,11 @@ no secret value is ever rendered here.
 {{- $_ = set $c "cache" $cache -}}
 {{- $b := $v.broker -}}
 {{- $_ = set $c "broker" (dict "lease_ttl" $b.leaseTTL "l1_max_age" $b.l1MaxAge "fetch_timeout" $b.fetchTimeout "refresh_ahead" $b.refreshAhead) -}}
+{{- with $v.tracing -}}
+{{- if .enabled -}}
+{{- $_ = set $c "tracing" (dict "enabled" true "otlp_endpoint" .otlpEndpoint "insecure" .insecure "sample_ratio" .sampleRatio) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ = set $c "connections" (default list $v.connections) -}}
 {{- toYaml $c -}}
 {{- end -}}
