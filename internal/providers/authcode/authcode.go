@@ -21,6 +21,7 @@
 package authcode
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -240,18 +241,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	}
 	authURL.RawQuery = ""
 
-	lifetime := c.DefaultLifetime.Duration
-	if lifetime == 0 {
-		lifetime = DefaultLifetime
-	}
-	timeout := c.Timeout.Duration
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
-	maxBytes := c.MaxResponseBytes
-	if maxBytes == 0 {
-		maxBytes = DefaultMaxResponseBytes
-	}
+	lifetime := cmp.Or(c.DefaultLifetime.Duration, DefaultLifetime)
+	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
+	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
 	now := env.Now
 	if now == nil {
 		now = time.Now

@@ -10,6 +10,7 @@
 package clientcredentials
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -150,18 +151,9 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 	if c.AuthStyle == AuthStyleBody {
 		style = tokenhttp.AuthBody
 	}
-	lifetime := c.DefaultLifetime.Duration
-	if lifetime == 0 {
-		lifetime = DefaultLifetime
-	}
-	timeout := c.Timeout.Duration
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
-	maxBytes := c.MaxResponseBytes
-	if maxBytes == 0 {
-		maxBytes = DefaultMaxResponseBytes
-	}
+	lifetime := cmp.Or(c.DefaultLifetime.Duration, DefaultLifetime)
+	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
+	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
 	now := env.Now
 	if now == nil {
 		now = time.Now

@@ -17,6 +17,7 @@
 package wx
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -170,18 +171,9 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 	if c.ChainID != "" {
 		chain = c.ChainID[0]
 	}
-	lifetime := c.TokenLifetime.Duration
-	if lifetime == 0 {
-		lifetime = DefaultTokenLifetime
-	}
-	timeout := c.Timeout.Duration
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
-	maxBytes := c.MaxResponseBytes
-	if maxBytes == 0 {
-		maxBytes = DefaultMaxResponseBytes
-	}
+	lifetime := cmp.Or(c.TokenLifetime.Duration, DefaultTokenLifetime)
+	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
+	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
 	now := env.Now
 	if now == nil {
 		now = time.Now
