@@ -77,6 +77,9 @@ func TestSpansReachTheCollector(t *testing.T) {
 	}
 	resp.Body.Close()
 
+	// The server span ends after the answer is sent: wait for the handler
+	// to finish before flushing.
+	s.GracefulStop()
 	if err := tr.Shutdown(context.Background()); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
