@@ -58,9 +58,6 @@ const (
 // DeviceSecretBytes is the number of random bytes in a device secret.
 const DeviceSecretBytes = 32
 
-// maxExpiresIn is the longest expires_in believed.
-const maxExpiresIn = 10 * 366 * 24 * 60 * 60
-
 // Config is one generic authorization_code connection, decoded from the
 // connection's settings in the broker's YAML file.
 type Config struct {
@@ -412,16 +409,9 @@ func (p *provider) auth(sec secret.Value) tokenhttp.Auth {
 // token turns a token response into a Token; fallback are the scopes assumed
 // when the response names none.
 func (p *provider) token(resp *tokenhttp.Response, fallback []string) (*providers.Token, error) {
-	lifetime := p.defaultLifetime
-	if resp.ExpiresIn != nil {
-		switch n := *resp.ExpiresIn; {
-		case n == 0:
-			return nil, fmt.Errorf("%w: expires_in is 0", providers.ErrInvalidResponse)
-		case n > maxExpiresIn:
-			return nil, fmt.Errorf("%w: expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
-		default:
-			lifetime = time.Duration(n) * time.Second
-		}
+	lifetime, err := resp.Lifetime(p.defaultLifetime)
+	if err != nil {
+		return nil, err
 	}
 	tokenType := resp.TokenType
 	if tokenType == "" {

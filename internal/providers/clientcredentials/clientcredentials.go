@@ -42,10 +42,6 @@ const (
 	AuthStyleBody = "body"
 )
 
-// maxExpiresIn is the longest expires_in believed: beyond it the upstream
-// is more likely sending nonsense (or an absolute time) than a lifetime.
-const maxExpiresIn = 10 * 366 * 24 * 60 * 60
-
 // reservedParams may not be set through EndpointParams: the grant sets them.
 var reservedParams = []string{"grant_type", "scope", "client_id", "client_secret"}
 
@@ -210,16 +206,9 @@ func (p *provider) Token(ctx context.Context, req providers.Request) (*providers
 		return nil, fmt.Errorf("clientcredentials: %w", err)
 	}
 
-	lifetime := p.defaultLifetime
-	if resp.ExpiresIn != nil {
-		switch n := *resp.ExpiresIn; {
-		case n == 0:
-			return nil, fmt.Errorf("clientcredentials: %w: expires_in is 0", providers.ErrInvalidResponse)
-		case n > maxExpiresIn:
-			return nil, fmt.Errorf("clientcredentials: %w: expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
-		default:
-			lifetime = time.Duration(n) * time.Second
-		}
+	lifetime, err := resp.Lifetime(p.defaultLifetime)
+	if err != nil {
+		return nil, fmt.Errorf("clientcredentials: %w", err)
 	}
 	tokenType := resp.TokenType
 	if tokenType == "" {

@@ -608,3 +608,25 @@ func printable(s string) string {
 		return r
 	}, strings.ToValidUTF8(s, ""))
 }
+
+// MaxExpiresIn is the longest relative expires_in believed (ten years):
+// beyond it the upstream most likely sent an absolute time, and the
+// duration would overflow.
+const MaxExpiresIn = 10 * 366 * 24 * 60 * 60
+
+// Lifetime is the token's lifetime from a relative expires_in (RFC 6749
+// §5.1), or fallback when the response has none. An expires_in of 0 or
+// beyond MaxExpiresIn is ErrInvalidResponse.
+func (r *Response) Lifetime(fallback time.Duration) (time.Duration, error) {
+	if r.ExpiresIn == nil {
+		return fallback, nil
+	}
+	switch n := *r.ExpiresIn; {
+	case n == 0:
+		return 0, fmt.Errorf("%w: expires_in is 0", providers.ErrInvalidResponse)
+	case n > MaxExpiresIn:
+		return 0, fmt.Errorf("%w: expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
+	default:
+		return time.Duration(n) * time.Second, nil
+	}
+}
