@@ -253,7 +253,12 @@ func run(ctx context.Context, s *settings) error {
 
 	for round := range s.rounds {
 		for _, c := range s.concurrency {
-			for _, t := range targets {
+			// The baseline runs first; the brokers' order rotates from
+			// round to round, because the last run of a round measured
+			// consistently slower whatever it was (an order effect, not
+			// the server: see BENCHMARKS.md).
+			order := append([]*target{targets[0]}, rotate(targets[1:], round)...)
+			for _, t := range order {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -342,3 +347,12 @@ func phase(name string) {
 }
 
 var errSmoke = errors.New("smoke pass failed")
+
+// rotate returns ts rotated left by n.
+func rotate(ts []*target, n int) []*target {
+	if len(ts) == 0 {
+		return nil
+	}
+	n %= len(ts)
+	return append(append([]*target{}, ts[n:]...), ts[:n]...)
+}
