@@ -186,4 +186,3 @@ func validName(name string) bool {
 }
 
 func lowerOrDigit(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
-
