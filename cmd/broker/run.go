@@ -143,7 +143,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Listen.Admin = o.adminAddr
 	}
 	m := metrics.New()
-	tr, err := tracing.Start(ctx, cfg.Tracing, version)
+	tcfg := cfg.Tracing
+	if o.checkConfig {
+		tcfg.Enabled = false // -check-config validates; it sets up no exporter
+	}
+	tr, err := tracing.Start(ctx, tcfg, version)
 	if err != nil {
 		return err
 	}
