@@ -3,7 +3,9 @@
 // response of the broker's shape (a 43-character token as the demo
 // emulator issues, "Bearer", a timestamp, one scope), with no interceptors,
 // no logging and no metrics. It prints "listening ADDR" on stdout once it
-// accepts connections.
+// accepts connections. With -stream-workers N it serves calls from N
+// long-lived goroutines (grpc.NumStreamWorkers), as the broker does by
+// default (listen.grpc_stream_workers); benchrun runs it both ways.
 package main
 
 import (
@@ -37,14 +39,15 @@ func (s *service) GetToken(context.Context, *tokenbrokerv1.GetTokenRequest) (*to
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen `address`")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile to `file` until SIGTERM")
+	workers := flag.Uint("stream-workers", 0, "serve calls from `N` long-lived goroutines (grpc.NumStreamWorkers; 0: grpc-go's default, a goroutine per call)")
 	flag.Parse()
-	if err := run(*addr, *cpuprofile); err != nil {
+	if err := run(*addr, *cpuprofile, uint32(*workers)); err != nil {
 		fmt.Fprintln(os.Stderr, "baseline:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, cpuprofile string) error {
+func run(addr, cpuprofile string, workers uint32) error {
 	tok := make([]byte, 32)
 	_, _ = rand.Read(tok)
 	svc := &service{resp: &tokenbrokerv1.GetTokenResponse{
@@ -67,7 +70,11 @@ func run(addr, cpuprofile string) error {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	gs := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if workers > 0 {
+		opts = append(opts, grpc.NumStreamWorkers(workers))
+	}
+	gs := grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, svc)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

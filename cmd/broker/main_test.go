@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -465,5 +466,50 @@ func checkMetrics(t *testing.T, url string) {
 		if !strings.Contains(string(body), series+" ") {
 			t.Errorf("/metrics lacks %s", series)
 		}
+	}
+}
+
+// TestStreamWorkers checks listen.grpc_stream_workers reaches the gRPC
+// server: the workers are goroutines waiting from start-up, counted by the
+// Go collector's go_goroutines.
+func TestStreamWorkers(t *testing.T) {
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	goroutines := func(workers int) int {
+		t.Helper()
+		cfg := filepath.Join(dir, fmt.Sprintf("config-%d.yaml", workers))
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listen:
+  grpc_stream_workers: %d
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: http://127.0.0.1:1/o/token/
+    client_id: svc
+    client_secret: {file: %s}
+`, workers, secretFile)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := startBroker(t, "-config", cfg)
+		defer p.cmd.Process.Kill()
+		resp, err := http.Get("http://" + p.adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^go_goroutines (\d+)$`).FindSubmatch(body)
+		if m == nil {
+			t.Fatal("/metrics lacks go_goroutines")
+		}
+		n, _ := strconv.Atoi(string(m[1]))
+		return n
+	}
+	off, on := goroutines(0), goroutines(300)
+	if on-off < 300 {
+		t.Errorf("go_goroutines = %d with 300 stream workers, %d with none; want at least 300 more", on, off)
 	}
 }

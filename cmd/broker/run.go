@@ -312,6 +312,9 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor()),
 	}
+	if n := cfg.Listen.GRPCStreamWorkers; n != nil && *n > 0 {
+		sopts = append(sopts, grpc.NumStreamWorkers(uint32(*n)))
+	}
 	sopts = append(sopts, tr.ServerOptions()...)
 	var adminTLS *tls.Config
 	if cfg.TLS.Enabled() {

@@ -75,6 +75,9 @@ connections:
 	if got, want := cfg.Listen.Admin, DefaultAdminAddr; got != want {
 		t.Errorf("Listen.Admin = %q; want default %q", got, want)
 	}
+	if got := cfg.Listen.GRPCStreamWorkers; got == nil || *got != DefaultGRPCStreamWorkers {
+		t.Errorf("Listen.GRPCStreamWorkers = %v; want default %d", got, DefaultGRPCStreamWorkers)
+	}
 	if got, want := cfg.Cache.Redis.KeyPrefix, DefaultKeyPrefix; got != want {
 		t.Errorf("KeyPrefix = %q; want %q", got, want)
 	}
@@ -136,6 +139,16 @@ connections:
 	}
 }
 
+func TestParseStreamWorkersOff(t *testing.T) {
+	cfg, err := Parse([]byte("listen: {grpc_stream_workers: 0}\nconnections: [{name: a, type: fake, token_url: x}]"), registry())
+	if err != nil {
+		t.Fatalf("Parse() error = %v", err)
+	}
+	if got := cfg.Listen.GRPCStreamWorkers; got == nil || *got != 0 {
+		t.Errorf("Listen.GRPCStreamWorkers = %v; want 0 (explicitly off, not the default)", got)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	tests := []struct{ name, yaml, want string }{
 		{"not yaml", "a: [", "not valid YAML"},
@@ -146,6 +159,8 @@ func TestParseRejects(t *testing.T) {
 		{"bad auth", "auth: {callers: [{name: x, api_key_sha256: [nothex]}]}\nconnections: [{name: a, type: fake, token_url: x}]", "auth.callers[0].api_key_sha256[0]"},
 		{"bad encryption key id", "encryption: {keys: [{id: 'a b', secret: {env: X}}]}\nconnections: [{name: a, type: fake, token_url: x}]", "encryption.keys[0].id"},
 		{"sentinel and cluster", "cache: {type: redis, redis: {addrs: [a:1], master_name: m, cluster: true}}\nconnections: [{name: a, type: fake, token_url: x}]", "mutually exclusive"},
+		{"negative stream workers", "listen: {grpc_stream_workers: -1}\nconnections: [{name: a, type: fake, token_url: x}]", "listen.grpc_stream_workers: must be between 0 and 4096, got -1"},
+		{"too many stream workers", "listen: {grpc_stream_workers: 100000}\nconnections: [{name: a, type: fake, token_url: x}]", "listen.grpc_stream_workers: must be between 0 and 4096"},
 		{"bad log level", "log: {level: loud}\nconnections: [{name: a, type: fake, token_url: x}]", "log.level"},
 		{"set twice", "connections: [{name: a, name: b, type: fake, token_url: x}]", ""},
 	}

@@ -41,7 +41,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/config"
 )
+
+// baselineWorkers names the do-nothing server run with the broker's default
+// listen.grpc_stream_workers: the ratios against it compare like with like.
+const baselineWorkers = "baseline+workers"
 
 type settings struct {
 	duration, warmup time.Duration
@@ -58,6 +64,8 @@ type settings struct {
 	smoke            bool
 	goCmd            string
 	ghz              string
+	variantConfig    string
+	baselineWorkers  bool
 	compare          string
 	variantEnv       string
 }
@@ -98,6 +106,8 @@ func parseSettings(args []string) (*settings, error) {
 	fs.StringVar(&s.goCmd, "go", env("GO", "go"), "go command used to build")
 	fs.StringVar(&s.compare, "compare", env("BENCH_COMPARE", ""), "another broker `binary` (say, built from an older commit) to run as target broker-compare, memory cache")
 	fs.StringVar(&s.variantEnv, "variant-env", env("BENCH_VARIANT_ENV", ""), "`NAME=VALUE`: also run broker-memory with this in its environment (say GOGC=400), as target broker-memory+NAME=VALUE")
+	fs.StringVar(&s.variantConfig, "variant-config", env("BENCH_VARIANT_CONFIG", ""), "`YAML`: also run broker-memory with this top-level config line added (say 'listen: {grpc_stream_workers: 0}'), as target broker-memory+YAML")
+	fs.BoolVar(&s.baselineWorkers, "baseline-workers", env("BENCH_BASELINE_WORKERS", "1") != "0", "also run the baseline with the broker's default stream workers, as target "+baselineWorkers)
 	fs.StringVar(&s.ghz, "ghz", env("BENCH_GHZ", ""), "ghz `binary`: also drive the baseline and broker-memory with it, as a cross-check")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -176,6 +186,11 @@ func run(ctx context.Context, s *settings) error {
 		return err
 	}
 	phase("heap per token")
+	if s.profileDir != "" {
+		if err := os.MkdirAll(s.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
 	bins, err := build(ctx, s.goCmd, work)
 	if err != nil {
 		return err
@@ -196,12 +211,19 @@ func run(ctx context.Context, s *settings) error {
 			t.stop()
 		}
 	}()
-	base, err := startBaseline(ctx, bins, work, serverCPUs, s.profileDir)
+	base, err := startBaseline(ctx, bins, work, "baseline", serverCPUs, s.profileDir, 0)
 	if err != nil {
 		return err
 	}
 	targets = append(targets, base)
-	mem, err := startBroker(ctx, bins.broker, work, "broker-memory", serverCPUs, s.profileDir, emu, nil, nil)
+	if s.baselineWorkers {
+		bw, err := startBaseline(ctx, bins, work, baselineWorkers, serverCPUs, s.profileDir, config.DefaultGRPCStreamWorkers)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, bw)
+	}
+	mem, err := startBroker(ctx, bins.broker, work, "broker-memory", serverCPUs, s.profileDir, emu, nil, nil, "")
 	if err != nil {
 		return err
 	}
@@ -210,14 +232,21 @@ func run(ctx context.Context, s *settings) error {
 		if !strings.Contains(s.variantEnv, "=") {
 			return fmt.Errorf("variant-env %q: want NAME=VALUE", s.variantEnv)
 		}
-		v, err := startBroker(ctx, bins.broker, work, "broker-memory+"+s.variantEnv, serverCPUs, s.profileDir, emu, nil, []string{s.variantEnv})
+		v, err := startBroker(ctx, bins.broker, work, "broker-memory+"+s.variantEnv, serverCPUs, s.profileDir, emu, nil, []string{s.variantEnv}, "")
+		if err != nil {
+			return err
+		}
+		targets = append(targets, v)
+	}
+	if s.variantConfig != "" {
+		v, err := startBroker(ctx, bins.broker, work, "broker-memory+"+s.variantConfig, serverCPUs, s.profileDir, emu, nil, nil, s.variantConfig)
 		if err != nil {
 			return err
 		}
 		targets = append(targets, v)
 	}
 	if s.compare != "" {
-		cmpb, err := startBroker(ctx, s.compare, work, "broker-compare", serverCPUs, s.profileDir, emu, nil, nil)
+		cmpb, err := startBroker(ctx, s.compare, work, "broker-compare", serverCPUs, s.profileDir, emu, nil, nil, "")
 		if err != nil {
 			return err
 		}
@@ -235,7 +264,7 @@ func run(ctx context.Context, s *settings) error {
 			return err
 		}
 		defer rs.stop()
-		rb, err := startBroker(ctx, bins.broker, work, "broker-redis", serverCPUs, s.profileDir, emu, rs, nil)
+		rb, err := startBroker(ctx, bins.broker, work, "broker-redis", serverCPUs, s.profileDir, emu, rs, nil, "")
 		if err != nil {
 			return err
 		}

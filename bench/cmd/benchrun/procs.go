@@ -131,21 +131,24 @@ var (
 	adminRE     = regexp.MustCompile(`"msg":"serving".*"admin_addr":"([^"]+)"`)
 )
 
-func startBaseline(ctx context.Context, bins *binaries, work, cpus, profileDir string) (*target, error) {
-	args := []string{"-addr", "127.0.0.1:0"}
+// startBaseline runs the do-nothing server as target name, with grpc-go's
+// NumStreamWorkers(workers) when workers > 0.
+func startBaseline(ctx context.Context, bins *binaries, work, name, cpus, profileDir string, workers int) (*target, error) {
+	args := []string{"-addr", "127.0.0.1:0", "-stream-workers", strconv.Itoa(workers)}
 	if profileDir != "" {
-		args = append(args, "-cpuprofile", filepath.Join(profileDir, "baseline.pprof"))
+		args = append(args, "-cpuprofile", filepath.Join(profileDir, name+".pprof"))
 	}
-	p, addr, err := startProc(ctx, "baseline", work, cpus, nil, listeningRE, bins.baseline, args...)
+	p, addr, err := startProc(ctx, name, work, cpus, nil, listeningRE, bins.baseline, args...)
 	if err != nil {
 		return nil, err
 	}
-	return &target{name: "baseline", kind: kindBaseline, addr: addr, p: p}, nil
+	return &target{name: name, kind: kindBaseline, addr: addr, p: p}, nil
 }
 
 // startBroker runs `broker -demo -config NAME.yaml` with connection bench-cc
-// (the emulator), and with cache.type redis when rs is set.
-func startBroker(ctx context.Context, bin, work, name, cpus, profileDir string, emu *emulator, rs *redisServer, extraEnv []string) (*target, error) {
+// (the emulator), with cache.type redis when rs is set, and with extraConfig
+// (top-level YAML lines) appended.
+func startBroker(ctx context.Context, bin, work, name, cpus, profileDir string, emu *emulator, rs *redisServer, extraEnv []string, extraConfig string) (*target, error) {
 	cfg := fmt.Sprintf(`# written by bench/cmd/benchrun
 log: {level: info}
 connections:
@@ -172,6 +175,9 @@ encryption:
     - {id: bench, secret: {file: %q}}
   primary: bench
 `, rs.addr, keyFile)
+	}
+	if extraConfig != "" {
+		cfg += extraConfig + "\n"
 	}
 	cfgFile := filepath.Join(work, name+".yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {

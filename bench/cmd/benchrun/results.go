@@ -48,6 +48,10 @@ type Row struct {
 	P99US       float64 `json:"p99_us"`
 	RPSRatio    float64 `json:"rps_ratio"`
 	P99Ratio    float64 `json:"p99_ratio"`
+	// RPSRatioWorkers and P99RatioWorkers are against baseline+workers (0
+	// when it did not run): the same server settings as the broker's.
+	RPSRatioWorkers float64 `json:"rps_ratio_baseline_workers,omitempty"`
+	P99RatioWorkers float64 `json:"p99_ratio_baseline_workers,omitempty"`
 	// ServerCPUUS is the server's CPU time per request.
 	ServerCPUUS float64 `json:"server_cpu_us_per_req"`
 	ClientCPU   float64 `json:"client_cpu_share"`
@@ -95,7 +99,8 @@ func (r *Results) summarize() {
 		target string
 		c      int
 	}
-	base := map[[2]int]*LoadResult{} // (round, c)
+	base := map[[2]int]*LoadResult{}        // (round, c)
+	baseWorkers := map[[2]int]*LoadResult{} // (round, c)
 	var order []key
 	groups := map[key][]*LoadResult{}
 	for _, l := range r.Load {
@@ -104,13 +109,16 @@ func (r *Results) summarize() {
 			order = append(order, k)
 		}
 		groups[k] = append(groups[k], l)
-		if l.Target == "baseline" {
+		switch l.Target {
+		case "baseline":
 			base[[2]int{l.Round, l.Concurrency}] = l
+		case baselineWorkers:
+			baseWorkers[[2]int{l.Round, l.Concurrency}] = l
 		}
 	}
 	sort.SliceStable(order, func(i, j int) bool { return order[i].c < order[j].c })
 	for _, k := range order {
-		var rps, p50, p99, rr, pr, cpu, ccpu []float64
+		var rps, p50, p99, rr, pr, rrw, prw, cpu, ccpu []float64
 		row := Row{Target: k.target, Concurrency: k.c}
 		for _, l := range groups[k] {
 			rps, p50, p99 = append(rps, l.RPS), append(p50, l.P50US), append(p99, l.P99US)
@@ -122,9 +130,15 @@ func (r *Results) summarize() {
 			if b := base[[2]int{l.Round, l.Concurrency}]; b != nil && b.RPS > 0 && b.P99US > 0 {
 				rr, pr = append(rr, l.RPS/b.RPS), append(pr, l.P99US/b.P99US)
 			}
+			if b := baseWorkers[[2]int{l.Round, l.Concurrency}]; b != nil && b.RPS > 0 && b.P99US > 0 {
+				rrw, prw = append(rrw, l.RPS/b.RPS), append(prw, l.P99US/b.P99US)
+			}
 		}
 		row.RPS, row.P50US, row.P99US = median(rps), median(p50), median(p99)
 		row.RPSRatio, row.P99Ratio, row.ServerCPUUS, row.ClientCPU = median(rr), median(pr), median(cpu), median(ccpu)
+		if len(rrw) > 0 {
+			row.RPSRatioWorkers, row.P99RatioWorkers = median(rrw), median(prw)
+		}
 		r.Rows = append(r.Rows, row)
 	}
 }
@@ -151,22 +165,31 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintln(w, "pinning: none")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| target | concurrency | rps | p50 | p99 | rps / baseline | p99 / baseline | server CPU per call | loadgen CPU | errors |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| target | concurrency | rps | p50 | p99 | rps / baseline | p99 / baseline | rps / baseline+workers | server CPU per call | loadgen CPU | errors |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, row := range r.Rows {
-		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.2f | %.2f | %.1f µs | %.0f%% | %d |\n",
-			row.Target, row.Concurrency, row.RPS, ms(row.P50US), ms(row.P99US), row.RPSRatio, row.P99Ratio,
+		same := "–"
+		if row.RPSRatioWorkers > 0 {
+			same = fmt.Sprintf("%.2f", row.RPSRatioWorkers)
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %s | %s | %.2f | %.2f | %s | %.1f µs | %.0f%% | %d |\n",
+			row.Target, row.Concurrency, row.RPS, ms(row.P50US), ms(row.P99US), row.RPSRatio, row.P99Ratio, same,
 			row.ServerCPUUS, row.ClientCPU*100, row.Errors)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Goals (issue 8):")
+	fmt.Fprintln(w, "Goals (issue 8; the baseline is a do-nothing grpc-go server with default settings):")
 	for _, row := range r.Rows {
-		if row.Target == "baseline" {
+		if row.Target == "baseline" || row.Target == baselineWorkers {
 			continue
 		}
-		fmt.Fprintf(w, "- %s c=%d: rps %.0f%% of baseline (goal ≥ %.0f%%: %s); p99 %.2f× baseline (goal ≤ %.1f×: %s)\n",
+		fmt.Fprintf(w, "- %s c=%d: rps %.0f%% of baseline (goal ≥ %.0f%%: %s); p99 %.2f× baseline (goal ≤ %.1f×: %s)",
 			row.Target, row.Concurrency, row.RPSRatio*100, goalRPSRatio*100, verdict(row.RPSRatio >= goalRPSRatio),
 			row.P99Ratio, goalP99Ratio, verdict(row.P99Ratio <= goalP99Ratio))
+		if row.RPSRatioWorkers > 0 {
+			fmt.Fprintf(w, "; against %s (the same server settings): rps %.0f%%, p99 %.2f×",
+				baselineWorkers, row.RPSRatioWorkers*100, row.P99RatioWorkers)
+		}
+		fmt.Fprintln(w)
 	}
 	r.printRedis(w)
 	for _, c := range r.Cold {

@@ -326,6 +326,7 @@ func TestRenderedConfig(t *testing.T) {
 	}{
 		{[]string{"listen", "grpc"}, ":9090"},
 		{[]string{"listen", "admin"}, ":9091"},
+		{[]string{"listen", "grpc_stream_workers"}, float64(64)},
 		{[]string{"log", "level"}, "info"},
 		{[]string{"cache", "type"}, "redis"},
 		{[]string{"cache", "redis", "key_prefix"}, "tokenbroker:v1:"},

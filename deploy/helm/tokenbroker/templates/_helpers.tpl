@@ -127,7 +127,7 @@ no secret value is ever rendered here.
 {{- $v := .Values -}}
 {{- $paths := include "tokenbroker.paths" . | fromYaml -}}
 {{- $c := dict -}}
-{{- $_ := set $c "listen" (dict "grpc" (printf ":%d" (int $v.ports.grpc)) "admin" (printf ":%d" (int $v.ports.admin))) -}}
+{{- $_ := set $c "listen" (dict "grpc" (printf ":%d" (int $v.ports.grpc)) "admin" (printf ":%d" (int $v.ports.admin)) "grpc_stream_workers" (int $v.grpcStreamWorkers)) -}}
 {{- $_ = set $c "log" (dict "level" $v.log.level) -}}
 {{- if $v.tls.enabled -}}
 {{- $tls := dict "cert_file" (printf "%s/tls.crt" $v.tls.mountPath) "key_file" (printf "%s/tls.key" $v.tls.mountPath) -}}
