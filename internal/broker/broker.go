@@ -104,6 +104,7 @@ type Broker struct {
 	pub           cache.Publisher
 	unsubscribe   func()
 	closed        atomic.Bool
+	stopSweep     chan struct{}
 	lastCacheWarn atomic.Int64
 	refreshes     atomic.Int64
 	policy        *upstream.Policy
@@ -207,6 +208,8 @@ func New(o Options) (*Broker, error) {
 		}
 		b.pub, b.unsubscribe = p, stop
 	}
+	b.stopSweep = make(chan struct{})
+	go b.sweepEvery(b.l1MaxAge)
 	return b, nil
 }
 

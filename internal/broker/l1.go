@@ -66,6 +66,41 @@ func (l *l1) drop(key string, e *l1Entry) {
 	}
 }
 
+// sweep drops the entries no caller can be served from any more: past their
+// fresh period, or neither used nor re-checked for maxAge (an entry older
+// than maxAge is only served after a shared-cache read, which replaces it).
+// Without it, every key ever asked for would stay in memory until restart.
+// It returns how many entries it dropped.
+func (l *l1) sweep(now time.Time, maxAge time.Duration) int {
+	n := 0
+	l.m.Range(func(k, v any) bool {
+		e := v.(*l1Entry)
+		idle := now.Sub(e.checked) >= maxAge && now.Sub(time.Unix(0, e.lastUsed.Load())) >= maxAge
+		if !now.Before(e.freshUntil) || idle {
+			if l.m.CompareAndDelete(k, e) {
+				e.cancel()
+				n++
+			}
+		}
+		return true
+	})
+	return n
+}
+
+// sweepEvery sweeps L1 every interval until Close.
+func (b *Broker) sweepEvery(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			b.l1.sweep(b.now(), b.l1MaxAge)
+		case <-b.stopSweep:
+			return
+		}
+	}
+}
+
 func (e *l1Entry) cancel() {
 	if e.stop != nil {
 		e.stop()
@@ -154,6 +189,7 @@ func (b *Broker) Close() {
 	if b.unsubscribe != nil {
 		b.unsubscribe()
 	}
+	close(b.stopSweep)
 	b.l1.m.Range(func(_, v any) bool {
 		v.(*l1Entry).cancel()
 		return true

@@ -1,0 +1,105 @@
+package broker
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/secret"
+)
+
+func TestL1SweepDropsWhatCannotBeServed(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	const maxAge = 30 * time.Second
+	var l l1
+	cancelled := map[string]bool{}
+	add := func(key string, freshUntil, checked, lastUsed time.Time) {
+		e := &l1Entry{freshUntil: freshUntil, checked: checked}
+		e.lastUsed.Store(lastUsed.UnixNano())
+		e.stop = func() bool { cancelled[key] = true; return true }
+		l.m.Store(key, e)
+	}
+	hour := now.Add(time.Hour)
+	add("fresh", hour, now.Add(-time.Second), now.Add(-time.Second))
+	add("used-but-unchecked", hour, now.Add(-maxAge-time.Second), now.Add(-time.Second))
+	add("idle", hour, now.Add(-maxAge), now.Add(-maxAge))
+	add("past-fresh-period", now, now.Add(-time.Second), now)
+
+	if got := l.sweep(now, maxAge); got != 2 {
+		t.Errorf("sweep() dropped %d entries; want 2", got)
+	}
+	for key, want := range map[string]bool{"fresh": true, "used-but-unchecked": true, "idle": false, "past-fresh-period": false} {
+		if got := l.load(key) != nil; got != want {
+			t.Errorf("after sweep, %q present = %v; want %v", key, got, want)
+		}
+		if cancelled[key] == want {
+			t.Errorf("%q refresh-ahead timer cancelled = %v; want %v", key, cancelled[key], !want)
+		}
+	}
+}
+
+// stubShared is a shared cache outside the process: nothing it holds is on
+// this heap.
+type stubShared struct{}
+
+func (stubShared) Get(context.Context, string) ([]byte, error)              { return nil, cache.ErrNotFound }
+func (stubShared) Set(context.Context, string, []byte, time.Duration) error { return nil }
+func (stubShared) Delete(context.Context, string) error                     { return nil }
+func (stubShared) Close() error                                             { return nil }
+
+type tenHourProvider struct{}
+
+func (tenHourProvider) Token(_ context.Context, req providers.Request) (*providers.Token, error) {
+	return &providers.Token{AccessToken: secret.New("0123456789abcdefghijABCDEFGHIJ-_0123456789a"), TokenType: "Bearer",
+		Expiry: time.Now().Add(10 * time.Hour), Scopes: req.Scopes}, nil
+}
+
+// TestIdleKeysReleaseMemory: keys nobody asks for again do not stay in
+// memory until restart.
+func TestIdleKeysReleaseMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills 20 000 keys")
+	}
+	now := time.Now()
+	clock := func() time.Time { return now }
+	b, err := New(Options{Cache: stubShared{}, Now: clock, L1MaxAge: 30 * time.Second, Connections: []Connection{
+		{Name: "c", Type: "client_credentials", Provider: tenHourProvider{}, Skew: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const n = 20_000
+	before := liveHeap()
+	for i := range n {
+		if _, err := b.GetToken(t.Context(), Request{Connection: "c", Scopes: []string{"scope-" + strconv.Itoa(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filled := liveHeap()
+	now = now.Add(29 * time.Second)
+	if got := b.l1.sweep(now, b.l1MaxAge); got != 0 {
+		t.Fatalf("sweep() before l1_max_age dropped %d entries; want 0", got)
+	}
+	now = now.Add(time.Second)
+	if got := b.l1.sweep(now, b.l1MaxAge); got != n {
+		t.Fatalf("sweep() after l1_max_age idle dropped %d entries; want %d", got, n)
+	}
+	swept := liveHeap()
+	held, left := int64(filled)-int64(before), int64(swept)-int64(before)
+	t.Logf("heap: %d B for %d keys, %d B after the sweep", held, n, left)
+	if held <= 0 || left > held/10 {
+		t.Errorf("heap held by %d idle keys: %d B before the sweep, %d B after; want at most a tenth left", n, held, left)
+	}
+}
+
+func liveHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
