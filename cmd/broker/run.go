@@ -89,7 +89,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		// The live heap is small (tokens, grants, gRPC buffers: a few MB),
 		// so GOGC=100 collects very often under load; 400 costs a few MB and
 		// saves CPU on every call (BENCHMARKS.md). GOGC in the environment wins.
-		debug.SetGCPercent(400)
+		debug.SetGCPercent(config.DefaultGCPercent)
 	}
 	if o.showVersion {
 		fmt.Fprintln(stderr, "tokenbroker", buildVersion())

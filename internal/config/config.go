@@ -33,6 +33,10 @@ const (
 
 	DefaultGRPCStreamWorkers = 64
 	MaxGRPCStreamWorkers     = 4096
+
+	// DefaultGCPercent is the broker's GOGC unless the environment sets
+	// one: the live heap is a few MB, so 100 would collect very often.
+	DefaultGCPercent = 400
 )
 
 // Config is the whole configuration file.

@@ -45,9 +45,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/config"
 )
 
-// baselineWorkers names the do-nothing server run with the broker's default
-// listen.grpc_stream_workers: the ratios against it compare like with like.
-const baselineWorkers = "baseline+workers"
+// baselineTuned names the do-nothing server run with the broker's default
+// runtime settings, listen.grpc_stream_workers and GOGC: the ratios against
+// it compare like with like.
+const baselineTuned = "baseline+tuning"
 
 type settings struct {
 	duration, warmup time.Duration
@@ -65,7 +66,7 @@ type settings struct {
 	goCmd            string
 	ghz              string
 	variantConfig    string
-	baselineWorkers  bool
+	baselineTuned    bool
 	compare          string
 	variantEnv       string
 }
@@ -107,7 +108,7 @@ func parseSettings(args []string) (*settings, error) {
 	fs.StringVar(&s.compare, "compare", env("BENCH_COMPARE", ""), "another broker `binary` (say, built from an older commit) to run as target broker-compare, memory cache")
 	fs.StringVar(&s.variantEnv, "variant-env", env("BENCH_VARIANT_ENV", ""), "`NAME=VALUE`: also run broker-memory with this in its environment (say GOGC=400), as target broker-memory+NAME=VALUE")
 	fs.StringVar(&s.variantConfig, "variant-config", env("BENCH_VARIANT_CONFIG", ""), "`YAML`: also run broker-memory with this top-level config line added (say 'listen: {grpc_stream_workers: 0}'), as target broker-memory+YAML")
-	fs.BoolVar(&s.baselineWorkers, "baseline-workers", env("BENCH_BASELINE_WORKERS", "1") != "0", "also run the baseline with the broker's default stream workers, as target "+baselineWorkers)
+	fs.BoolVar(&s.baselineTuned, "baseline-tuned", env("BENCH_BASELINE_TUNED", "1") != "0", "also run the baseline with the broker's default stream workers and GOGC, as target "+baselineTuned)
 	fs.StringVar(&s.ghz, "ghz", env("BENCH_GHZ", ""), "ghz `binary`: also drive the baseline and broker-memory with it, as a cross-check")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -211,13 +212,14 @@ func run(ctx context.Context, s *settings) error {
 			t.stop()
 		}
 	}()
-	base, err := startBaseline(ctx, bins, work, "baseline", serverCPUs, s.profileDir, 0)
+	base, err := startBaseline(ctx, bins, work, "baseline", serverCPUs, s.profileDir, 0, "")
 	if err != nil {
 		return err
 	}
 	targets = append(targets, base)
-	if s.baselineWorkers {
-		bw, err := startBaseline(ctx, bins, work, baselineWorkers, serverCPUs, s.profileDir, config.DefaultGRPCStreamWorkers)
+	if s.baselineTuned {
+		bw, err := startBaseline(ctx, bins, work, baselineTuned, serverCPUs, s.profileDir, config.DefaultGRPCStreamWorkers,
+			"GOGC="+strconv.Itoa(config.DefaultGCPercent))
 		if err != nil {
 			return err
 		}

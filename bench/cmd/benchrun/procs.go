@@ -132,13 +132,17 @@ var (
 )
 
 // startBaseline runs the do-nothing server as target name, with grpc-go's
-// NumStreamWorkers(workers) when workers > 0.
-func startBaseline(ctx context.Context, bins *binaries, work, name, cpus, profileDir string, workers int) (*target, error) {
+// NumStreamWorkers(workers) when workers > 0, and env (NAME=VALUE) when set.
+func startBaseline(ctx context.Context, bins *binaries, work, name, cpus, profileDir string, workers int, env string) (*target, error) {
 	args := []string{"-addr", "127.0.0.1:0", "-stream-workers", strconv.Itoa(workers)}
 	if profileDir != "" {
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, name+".pprof"))
 	}
-	p, addr, err := startProc(ctx, name, work, cpus, nil, listeningRE, bins.baseline, args...)
+	var extraEnv []string
+	if env != "" {
+		extraEnv = []string{env}
+	}
+	p, addr, err := startProc(ctx, name, work, cpus, extraEnv, listeningRE, bins.baseline, args...)
 	if err != nil {
 		return nil, err
 	}
