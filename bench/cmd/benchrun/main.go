@@ -308,7 +308,10 @@ func run(ctx context.Context, s *settings) error {
 	phase("load runs")
 	if s.ghz != "" {
 		for _, c := range s.concurrency {
-			for _, t := range targets[:2] {
+			for _, t := range targets {
+				if t.name != "baseline" && t.name != "broker-memory" {
+					continue
+				}
 				g, err := runGhz(ctx, s.ghz, clientCPUs, t, c, s.conns, s.duration)
 				if err != nil {
 					return fmt.Errorf("%s c=%d: %w", t.name, c, err)
