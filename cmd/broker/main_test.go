@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -369,14 +370,19 @@ auth:
       api_key_sha256: [%s]
       policy: {connections: [pay], rpcs: [service]}
     - name: other
-      api_key_sha256: [%s]
-      policy: {connections: [elsewhere], rpcs: [service]}
+      api_key_sha256: [%[2]s]
+      policy: {connections: [elsewhere], rpcs: [operator]}
 connections:
   - name: pay
     type: client_credentials
-    token_url: %s/o/token/
+    token_url: %[3]s/o/token/
     client_id: svc
-    client_secret: {file: %s}
+    client_secret: {file: %[4]s}
+  - name: elsewhere
+    type: client_credentials
+    token_url: %[3]s/o/token/
+    client_id: svc
+    client_secret: {file: %[4]s}
 `, hash(key), hash(otherKey), up.URL, secretFile)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -411,6 +417,28 @@ connections:
 	}
 	if emu.Requests() != 1 {
 		t.Errorf("upstream requests = %d; want 1 (refused callers never reach it)", emu.Requests())
+	}
+	// An operator sees only the connections its policy lets it use; a
+	// service caller may not list at all.
+	list := func(k string) (*tokenbrokerv1.ListConnectionsResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+k)
+		return client.ListConnections(ctx, &tokenbrokerv1.ListConnectionsRequest{})
+	}
+	resp, err := list(otherKey)
+	if err != nil {
+		t.Fatalf("ListConnections as other: %v", err)
+	}
+	var names []string
+	for _, c := range resp.GetConnections() {
+		names = append(names, c.GetName())
+	}
+	if !slices.Equal(names, []string{"elsewhere"}) {
+		t.Errorf("ListConnections as other = %v; want [elsewhere] (pay is outside its policy)", names)
+	}
+	if _, err := list(key); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("ListConnections as a service caller: code %v; want PermissionDenied", status.Code(err))
 	}
 	logtest.AssertNoSecrets(t, p.logs.String(), logtest.Secrets{"api key": key, "other key": otherKey, "client secret": "cc-secret-value"})
 }

@@ -41,22 +41,33 @@ type callerKey struct{}
 // CallerFrom returns the caller the Authenticator put into ctx. It reports
 // false outside an authorized call, such as in a health check.
 func CallerFrom(ctx context.Context) (Caller, bool) {
-	c, ok := ctx.Value(callerKey{}).(*Caller)
+	c, ok := ctx.Value(callerKey{}).(*caller)
 	if !ok || c == nil {
 		return Caller{}, false
 	}
-	return *c, true
+	return c.Caller, true
 }
 
-// NewContext returns ctx carrying c, as the Authenticator does.
+// MayUseConnection reports whether the caller in ctx may use connection
+// name under its policy, for responses that list connections. A ctx
+// without a caller (an in-process call that did not pass through the
+// Authenticator) may use every connection: the interceptor is the gate.
+func MayUseConnection(ctx context.Context, name string) bool {
+	c, ok := ctx.Value(callerKey{}).(*caller)
+	if !ok || c == nil {
+		return true
+	}
+	return matchAny(c.connections, name)
+}
+
+// NewContext returns ctx carrying c, allowed every connection.
 func NewContext(ctx context.Context, c Caller) context.Context {
-	return newContext(ctx, &c)
+	return newContext(ctx, &caller{Caller: c, connections: []string{"*"}})
 }
 
 // newContext stores a pointer, which fits in the context's interface value
-// without another allocation. *c must not change afterwards: CallerFrom
-// hands out copies.
-func newContext(ctx context.Context, c *Caller) context.Context {
+// without another allocation. *c is immutable: CallerFrom hands out copies.
+func newContext(ctx context.Context, c *caller) context.Context {
 	return context.WithValue(ctx, callerKey{}, c)
 }
 
@@ -143,7 +154,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if err := c.checkRequest(req); err != nil {
 			return nil, err
 		}
-		return handler(newContext(ctx, &c.Caller), req)
+		return handler(newContext(ctx, c), req)
 	}
 }
 
@@ -158,7 +169,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
-		return handler(srv, &checkedStream{ServerStream: ss, ctx: newContext(ss.Context(), &c.Caller), c: c})
+		return handler(srv, &checkedStream{ServerStream: ss, ctx: newContext(ss.Context(), c), c: c})
 	}
 }
 

@@ -539,3 +539,30 @@ func TestWithReloader(t *testing.T) {
 		t.Errorf("GetToken without a client certificate succeeded; want the handshake refused")
 	}
 }
+
+func TestMayUseConnection(t *testing.T) {
+	if !auth.MayUseConnection(context.Background(), "pay") {
+		t.Error("MayUseConnection without a caller = false; want true (in-process calls are not gated here)")
+	}
+	if !auth.MayUseConnection(auth.NewContext(context.Background(), auth.Caller{Name: "x"}), "pay") {
+		t.Error("MayUseConnection after NewContext = false; want true")
+	}
+	a, err := auth.New(auth.Config{AllowAnonymous: auth.AnonymousConfig{Enabled: true,
+		Policy: auth.Policy{Connections: []string{"pay-*", "ops"}, RPCs: []string{auth.RoleOperator}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &grpc.UnaryServerInfo{FullMethod: tokenbrokerv1.TokenBrokerService_ListConnections_FullMethodName}
+	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}})
+	_, err = a.UnaryInterceptor()(ctx, &tokenbrokerv1.ListConnectionsRequest{}, info, func(ctx context.Context, _ any) (any, error) {
+		for name, want := range map[string]bool{"pay-eu": true, "ops": true, "payroll": false, "other": false} {
+			if got := auth.MayUseConnection(ctx, name); got != want {
+				t.Errorf("MayUseConnection(%q) = %v; want %v", name, got, want)
+			}
+		}
+		return nil, nil
+	})
+	if err != nil {
+		t.Fatalf("interceptor: %v", err)
+	}
+}

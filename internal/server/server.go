@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
@@ -123,7 +124,10 @@ func (s *Service) ListConnections(ctx context.Context, _ *tokenbrokerv1.ListConn
 	infos := s.b.Connections(ctx)
 	resp := &tokenbrokerv1.ListConnectionsResponse{Connections: make([]*tokenbrokerv1.Connection, 0, len(infos))}
 	for _, info := range infos {
-		resp.Connections = append(resp.Connections, connectionProto(info))
+		// A caller sees only the connections its policy lets it use.
+		if auth.MayUseConnection(ctx, info.Name) {
+			resp.Connections = append(resp.Connections, connectionProto(info))
+		}
 	}
 	return resp, nil
 }

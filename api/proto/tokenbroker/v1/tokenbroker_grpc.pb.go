@@ -40,7 +40,8 @@ type TokenBrokerServiceClient interface {
 	// When access_token is set, the token is dropped only if it is still the
 	// cached one, so many callers reporting the same dead token cause one refresh.
 	InvalidateToken(ctx context.Context, in *InvalidateTokenRequest, opts ...grpc.CallOption) (*InvalidateTokenResponse, error)
-	// ListConnections describes every configured connection. It never returns secrets.
+	// ListConnections describes the configured connections the caller's policy
+	// lets it use. It never returns secrets.
 	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
 	// StartAuthorization begins an authorization-code grant: it returns the URL a
 	// person opens to approve access, and the single-use state bound to it.
@@ -122,7 +123,8 @@ type TokenBrokerServiceServer interface {
 	// When access_token is set, the token is dropped only if it is still the
 	// cached one, so many callers reporting the same dead token cause one refresh.
 	InvalidateToken(context.Context, *InvalidateTokenRequest) (*InvalidateTokenResponse, error)
-	// ListConnections describes every configured connection. It never returns secrets.
+	// ListConnections describes the configured connections the caller's policy
+	// lets it use. It never returns secrets.
 	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
 	// StartAuthorization begins an authorization-code grant: it returns the URL a
 	// person opens to approve access, and the single-use state bound to it.
