@@ -3,11 +3,14 @@ package providers
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
+	"strings"
 )
 
 // CheckEndpointURL checks a configured endpoint (token, authorize or
-// redirect URL): absolute http(s) with a host, no credentials, no fragment.
+// redirect URL): absolute https with a host (http only to a loopback host),
+// no credentials, no fragment.
 func CheckEndpointURL(raw string) error {
 	u, err := url.Parse(raw)
 	switch {
@@ -21,8 +24,20 @@ func CheckEndpointURL(raw string) error {
 		return errors.New("must not contain credentials")
 	case u.Fragment != "":
 		return errors.New("must not contain a fragment")
+	case u.Scheme == "http" && !loopbackHost(u.Hostname()):
+		// RFC 6749 §3.1, §3.2: these requests carry client credentials,
+		// codes and tokens. Plain http only stays on the machine.
+		return fmt.Errorf("must be https: plain http is allowed only to a loopback host (127.0.0.1, ::1, localhost), got host %q", u.Hostname())
 	}
 	return nil
+}
+
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // CheckScope applies RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
