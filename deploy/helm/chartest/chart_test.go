@@ -211,8 +211,33 @@ func TestAllFeatures(t *testing.T) {
 	if got := path(cfg, "tls", "client_ca_file"); got != "/etc/tokenbroker/tls/ca.crt" {
 		t.Errorf("tls.client_ca_file = %v; want /etc/tokenbroker/tls/ca.crt", got)
 	}
-	if got := path(cfg, "cache", "redis", "master_name"); got != "mymaster" {
-		t.Errorf("cache.redis.master_name = %v; want mymaster", got)
+	for _, c := range []struct {
+		path []string
+		want any
+	}{
+		{[]string{"cache", "redis", "master_name"}, "mymaster"},
+		{[]string{"cache", "redis", "db"}, float64(2)},
+		{[]string{"cache", "redis", "dial_timeout"}, "3s"},
+		{[]string{"cache", "redis", "sentinel_username"}, "sentinel-user"},
+		{[]string{"cache", "redis", "password", "file"}, "/etc/tokenbroker/redis/password"},
+		{[]string{"cache", "redis", "sentinel_password", "file"}, "/etc/tokenbroker/redis/sentinel-password"},
+	} {
+		if got := path(cfg, c.path...); got != c.want {
+			t.Errorf("%s = %#v; want %#v", strings.Join(c.path, "."), got, c.want)
+		}
+	}
+	// Both Redis passwords come from one Secret, each under its own key.
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret == nil || v.Secret.SecretName != "tokenbroker-redis" {
+			continue
+		}
+		var items []string
+		for _, it := range v.Secret.Items {
+			items = append(items, it.Key+"→"+it.Path)
+		}
+		if want := []string{"redis-password→password", "sentinel-password→sentinel-password"}; !slices.Equal(items, want) {
+			t.Errorf("Secret tokenbroker-redis items = %v; want %v", items, want)
+		}
 	}
 	if got := path(cfg, "encryption", "primary"); got != "k2026" {
 		t.Errorf("encryption.primary = %v; want k2026", got)
@@ -487,6 +512,14 @@ func TestValidate(t *testing.T) {
 			[]string{"redis.embedded.enabled: the in-chart Redis is one plain node"}},
 		{"Sentinel and cluster", []string{defaultValues}, []string{"redis.masterName=m", "redis.cluster=true"},
 			[]string{"choose Sentinel or cluster"}},
+		{"Sentinel password without Sentinel", []string{defaultValues}, []string{"redis.existingSecret=r", "redis.sentinelPasswordKey=sp"},
+			[]string{"redis.sentinelUsername, redis.sentinelPasswordKey: only with redis.masterName"}},
+		{"Sentinel password without the Secret", []string{defaultValues}, []string{"redis.masterName=m", "redis.sentinelPasswordKey=sp"},
+			[]string{"redis.sentinelPasswordKey: names a key in redis.existingSecret"}},
+		{"db with cluster", []string{defaultValues}, []string{"redis.cluster=true", "redis.db=3"},
+			[]string{"redis.db: Redis Cluster has only database 0"}},
+		{"bad dial timeout", []string{defaultValues}, []string{"redis.dialTimeout=soon"},
+			[]string{"dialTimeout"}},
 		{"tls without secret", []string{defaultValues}, []string{"tls.enabled=true"},
 			[]string{"tls.existingSecret: tls.enabled=true needs"}},
 		{"grpc probes with tls", []string{defaultValues}, []string{"tls.enabled=true", "tls.existingSecret=x", "probes.type=grpc"},

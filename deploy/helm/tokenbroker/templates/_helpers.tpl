@@ -162,6 +162,18 @@ no secret value is ever rendered here.
 {{- $redis := dict "addrs" (include "tokenbroker.redisAddrs" . | fromJsonArray) "master_name" $r.masterName "cluster" $r.cluster "username" $r.username "key_prefix" $r.keyPrefix -}}
 {{- if $r.existingSecret -}}
 {{- $_ = set $redis "password" (dict "file" (printf "%s/password" $paths.redisPassword)) -}}
+{{- if $r.sentinelPasswordKey -}}
+{{- $_ = set $redis "sentinel_password" (dict "file" (printf "%s/sentinel-password" $paths.redisPassword)) -}}
+{{- end -}}
+{{- end -}}
+{{- if $r.db -}}
+{{- $_ = set $redis "db" (int $r.db) -}}
+{{- end -}}
+{{- if $r.dialTimeout -}}
+{{- $_ = set $redis "dial_timeout" $r.dialTimeout -}}
+{{- end -}}
+{{- if $r.sentinelUsername -}}
+{{- $_ = set $redis "sentinel_username" $r.sentinelUsername -}}
 {{- end -}}
 {{- $rtls := dict "enabled" $r.tls.enabled -}}
 {{- if $r.tls.caSecret -}}
