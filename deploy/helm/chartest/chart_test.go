@@ -194,7 +194,7 @@ func TestAllFeatures(t *testing.T) {
 	}
 
 	// Every existing Secret named in the values is mounted, read-only.
-	for _, name := range []string{"tokenbroker-tls", "tokenbroker-cache-keys", "tokenbroker-redis", "redis-ca", "pay-oauth", "wx-seed"} {
+	for _, name := range []string{"tokenbroker-tls", "tokenbroker-cache-keys", "tokenbroker-redis", "redis-ca", "tokenbroker-redis-client", "pay-oauth", "wx-seed"} {
 		if !slices.ContainsFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
 			return v.Secret != nil && v.Secret.SecretName == name
 		}) {
@@ -221,6 +221,10 @@ func TestAllFeatures(t *testing.T) {
 		{[]string{"cache", "redis", "sentinel_username"}, "sentinel-user"},
 		{[]string{"cache", "redis", "password", "file"}, "/etc/tokenbroker/redis/password"},
 		{[]string{"cache", "redis", "sentinel_password", "file"}, "/etc/tokenbroker/redis/sentinel-password"},
+		{[]string{"cache", "redis", "tls", "cert_file"}, "/etc/tokenbroker/redis-client/tls.crt"},
+		{[]string{"cache", "redis", "tls", "key_file"}, "/etc/tokenbroker/redis-client/tls.key"},
+		{[]string{"tls", "client_auth"}, "require_and_verify"},
+		{[]string{"tls", "min_version"}, "1.3"},
 	} {
 		if got := path(cfg, c.path...); got != c.want {
 			t.Errorf("%s = %#v; want %#v", strings.Join(c.path, "."), got, c.want)
@@ -520,6 +524,14 @@ func TestValidate(t *testing.T) {
 			[]string{"redis.db: Redis Cluster has only database 0"}},
 		{"bad dial timeout", []string{defaultValues}, []string{"redis.dialTimeout=soon"},
 			[]string{"dialTimeout"}},
+		{"Redis client certificate without TLS", []string{defaultValues}, []string{"redis.tls.clientCertSecret=c"},
+			[]string{"redis.tls.clientCertSecret: set redis.tls.enabled=true too"}},
+		{"TLS settings without TLS", []string{defaultValues}, []string{"tls.minVersion=1.3"},
+			[]string{"tls.clientAuth, tls.minVersion: need tls.enabled=true"}},
+		{"required client certificates without a CA", []string{defaultValues}, []string{"tls.enabled=true", "tls.existingSecret=x", "tls.clientAuth=require_and_verify"},
+			[]string{"tls.clientAuth: require_and_verify needs tls.mtls=true"}},
+		{"bad TLS version", []string{defaultValues}, []string{"tls.enabled=true", "tls.existingSecret=x", "tls.minVersion=1.1"},
+			[]string{"minVersion"}},
 		{"tls without secret", []string{defaultValues}, []string{"tls.enabled=true"},
 			[]string{"tls.existingSecret: tls.enabled=true needs"}},
 		{"grpc probes with tls", []string{defaultValues}, []string{"tls.enabled=true", "tls.existingSecret=x", "probes.type=grpc"},

@@ -116,6 +116,7 @@ https
 config: /etc/tokenbroker/config
 redisPassword: /etc/tokenbroker/redis
 redisCA: /etc/tokenbroker/redis-tls
+redisClient: /etc/tokenbroker/redis-client
 tmp: /tmp
 {{- end -}}
 
@@ -133,6 +134,12 @@ no secret value is ever rendered here.
 {{- $tls := dict "cert_file" (printf "%s/tls.crt" $v.tls.mountPath) "key_file" (printf "%s/tls.key" $v.tls.mountPath) -}}
 {{- if $v.tls.mtls -}}
 {{- $_ = set $tls "client_ca_file" (printf "%s/ca.crt" $v.tls.mountPath) -}}
+{{- end -}}
+{{- with $v.tls.clientAuth -}}
+{{- $_ = set $tls "client_auth" . -}}
+{{- end -}}
+{{- with $v.tls.minVersion -}}
+{{- $_ = set $tls "min_version" . -}}
 {{- end -}}
 {{- $_ = set $c "tls" $tls -}}
 {{- end -}}
@@ -181,6 +188,10 @@ no secret value is ever rendered here.
 {{- end -}}
 {{- if $r.tls.serverName -}}
 {{- $_ = set $rtls "server_name" $r.tls.serverName -}}
+{{- end -}}
+{{- if $r.tls.clientCertSecret -}}
+{{- $_ = set $rtls "cert_file" (printf "%s/tls.crt" $paths.redisClient) -}}
+{{- $_ = set $rtls "key_file" (printf "%s/tls.key" $paths.redisClient) -}}
 {{- end -}}
 {{- $_ = set $redis "tls" $rtls -}}
 {{- $_ = set $cache "redis" $redis -}}
