@@ -130,6 +130,38 @@ connections:
 	if err != nil || !strings.Contains(string(out), "configuration OK") || strings.Contains(string(out), "very-secret-value") {
 		t.Errorf("valid config: err = %v; output:\n%s", err, out)
 	}
+
+	// The service's own secrets and certificates are read too, all reported
+	// in one run: serving would fail on each of them.
+	svc := filepath.Join(dir, "service.yaml")
+	missing := func(name string) string { return filepath.Join(dir, "missing-"+name) }
+	if err := os.WriteFile(svc, []byte(ok+`
+tls: {cert_file: `+missing("cert")+`, key_file: `+missing("key")+`}
+encryption:
+  keys: [{id: k1, secret: {file: `+missing("enc-key")+`}}]
+cache:
+  type: redis
+  redis:
+    addrs: ["127.0.0.1:1"]
+    password: {file: `+missing("redis-password")+`}
+    tls: {enabled: true, ca_file: `+missing("redis-ca")+`}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command(brokerBin, "-config", svc, "-check-config").CombinedOutput()
+	if err == nil {
+		t.Errorf("missing service secrets: -check-config succeeded; want a failure\n%s", out)
+	}
+	for _, want := range []string{
+		"encryption.keys[0].secret: read file " + missing("enc-key"),
+		"cache.redis.password: read file " + missing("redis-password"),
+		"tls: tlsutil: cert_file: open " + missing("cert"),
+		"cache.redis.tls: ca_file: open " + missing("redis-ca"),
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("-check-config output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func mustRead(t *testing.T, path string) string {

@@ -157,6 +157,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		_ = tr.Shutdown(sctx)
 	}()
 	conns, err := openConnections(cfg, loader, log, m, tr)
+	if o.checkConfig {
+		// Serving would fail on these when it opens the cache; say so now,
+		// with the connections' problems.
+		errs := append([]error{err}, config.CheckServiceSecrets(cfg, loader)...)
+		err = errors.Join(append(errs, checkTLSFiles(cfg, log)...)...)
+	}
 	if err != nil {
 		return fmt.Errorf("config has problems:\n%w", err)
 	}
@@ -287,6 +293,26 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 
 // serve runs the gRPC and admin servers until ctx is done. adminListening,
 // if not nil, learns the admin server's address once it listens.
+// checkTLSFiles loads the certificates and keys the configuration names, as
+// serving would.
+func checkTLSFiles(cfg *config.Config, log *slog.Logger) []error {
+	var errs []error
+	if cfg.TLS.Enabled() {
+		r, err := tlsutil.NewReloader(cfg.TLS, log)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tls: %w", err))
+		} else {
+			r.Close()
+		}
+	}
+	if rt := cfg.Cache.Redis.TLS; cfg.Cache.Type == "redis" && rt.Enabled {
+		if _, err := rt.TLSConfig(); err != nil {
+			errs = append(errs, fmt.Errorf("cache.redis.tls: %w", err))
+		}
+	}
+	return errs
+}
+
 func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
 	m *metrics.Metrics, tr *tracing.Tracing, adminListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)

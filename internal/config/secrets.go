@@ -15,15 +15,7 @@ var refType = reflect.TypeFor[secret.Ref]()
 // It lets a configuration with other problems still report its unreadable
 // secrets in the same run. Errors name the source, never a secret.
 func CheckSecrets(c *Config, loader secret.Loader) []error {
-	var errs []error
-	walkRefs(reflect.ValueOf(c).Elem(), "", func(path string, r secret.Ref) {
-		if r.IsZero() {
-			return
-		}
-		if _, err := loader.Load(r); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", path, err))
-		}
-	})
+	errs := CheckServiceSecrets(c, loader)
 	for i, conn := range c.Connections {
 		if conn.Provider != nil {
 			walkRefs(reflect.ValueOf(conn.Provider).Elem(), fmt.Sprintf("connections[%d]", i), func(path string, r secret.Ref) {
@@ -36,6 +28,22 @@ func CheckSecrets(c *Config, loader secret.Loader) []error {
 			})
 		}
 	}
+	return errs
+}
+
+// CheckServiceSecrets is CheckSecrets for the service's own settings (cache,
+// encryption, tracing, ...), leaving out the connections' secrets, which
+// opening the providers reads.
+func CheckServiceSecrets(c *Config, loader secret.Loader) []error {
+	var errs []error
+	walkRefs(reflect.ValueOf(c).Elem(), "", func(path string, r secret.Ref) {
+		if r.IsZero() {
+			return
+		}
+		if _, err := loader.Load(r); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	})
 	return errs
 }
 
