@@ -273,7 +273,7 @@ func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse) e
 			keys = append(keys, tokenKey(c.Name, scopes))
 		}
 		for _, k := range keys {
-			if err := b.cache.Set(ctx, k, encodeToken(tok, fresh), ttl); err != nil {
+			if err := b.cache.Set(ctx, k, encodeToken(tok, fresh, c.subject), ttl); err != nil {
 				b.log.WarnContext(ctx, "cache write failed", "key", k, "err", err)
 			}
 		}

@@ -119,8 +119,10 @@ type conn struct {
 	Connection
 	// keepsGrant: the provider keeps durable grant state (refresh tokens).
 	keepsGrant bool
-	breaker    *upstream.Breaker
-	m          *metrics.Conn
+	// subject: the upstream account (providers.AccountBound), or "".
+	subject string
+	breaker *upstream.Breaker
+	m       *metrics.Conn
 	// lastLifetime is a time.Duration.
 	lastLifetime atomic.Int64
 	// grantMu serialises grant read-modify-write within this process, so
@@ -187,6 +189,9 @@ func New(o Options) (*Broker, error) {
 		_, isRef := c.Provider.(providers.Refresher)
 		_, isAuth := c.Provider.(providers.Authorizer)
 		cn := &conn{Connection: c, keepsGrant: isRef || isAuth, m: b.metrics.Connection(c.Name)}
+		if ab, ok := c.Provider.(providers.AccountBound); ok {
+			cn.subject = ab.Subject()
+		}
 		name := c.Name
 		bc := b.policy.Breaker
 		bc.OnStateChange = func(from, to string) {
@@ -246,7 +251,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 			c.m.Served(metrics.OutcomeL1Hit)
 			return t, nil
 		}
-		if ct := b.readShared(ctx, key); ct != nil && ct.usable(b.now(), req.MinTTL) {
+		if ct := b.readShared(ctx, c, key); ct != nil && ct.usable(b.now(), req.MinTTL) {
 			b.remember(c, key, scopes, ct)
 			c.m.Served(metrics.OutcomeSharedHit)
 			return &ct.Token, nil
@@ -266,7 +271,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 		defer cancel()
 		o := fetchOptions{minTTL: req.MinTTL}
 		if req.ForceRefresh {
-			o.replaceBefore = b.currentExpiry(fctx, key)
+			o.replaceBefore = b.currentExpiry(fctx, c, key)
 		}
 		t, err := b.fetch(fctx, c, key, scopes, o)
 		if err == nil && req.ForceRefresh {
@@ -294,8 +299,9 @@ func (b *Broker) fetchContext(ctx context.Context) (context.Context, context.Can
 	return context.WithDeadline(context.WithoutCancel(ctx), deadline)
 }
 
-// readShared returns the token in the shared cache, or nil.
-func (b *Broker) readShared(ctx context.Context, key string) *cachedToken {
+// readShared returns the token in the shared cache, or nil. A token issued
+// for another subject than c's (its key changed) counts as none.
+func (b *Broker) readShared(ctx context.Context, c *conn, key string) *cachedToken {
 	raw, err := b.cache.Get(ctx, key)
 	if err != nil {
 		if !errors.Is(err, cache.ErrNotFound) {
@@ -308,17 +314,22 @@ func (b *Broker) readShared(ctx context.Context, key string) *cachedToken {
 		b.log.WarnContext(ctx, "cached token unreadable; fetching from upstream", "key", key, "err", err)
 		return nil
 	}
+	if ct.subject != c.subject {
+		b.log.InfoContext(ctx, "cached token was issued for another account (the connection's key changed); fetching a new one",
+			"connection", c.Name, "cached_for", ct.subject, "configured", c.subject)
+		return nil
+	}
 	return ct
 }
 
 // currentExpiry is the expiry of the token now cached for key (L1 or
 // shared), or the zero time.
-func (b *Broker) currentExpiry(ctx context.Context, key string) time.Time {
+func (b *Broker) currentExpiry(ctx context.Context, c *conn, key string) time.Time {
 	var t time.Time
 	if e := b.l1.load(key); e != nil {
 		t = e.tok.Expiry
 	}
-	if ct := b.readShared(ctx, key); ct != nil && ct.Expiry.After(t) {
+	if ct := b.readShared(ctx, c, key); ct != nil && ct.Expiry.After(t) {
 		t = ct.Expiry
 	}
 	return t
@@ -343,7 +354,7 @@ func (o fetchOptions) accepts(ct *cachedToken, now time.Time) bool {
 func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions) (*Token, error) {
 	// A flight that finished just before this one started may have filled
 	// the cache.
-	if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+	if ct := b.readShared(ctx, c, key); o.accepts(ct, b.now()) {
 		b.remember(c, key, scopes, ct)
 		return &ct.Token, nil
 	}
@@ -376,7 +387,7 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 			case <-time.After(wait):
 			}
 			wait = min(wait*2, 200*time.Millisecond)
-			if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+			if ct := b.readShared(ctx, c, key); o.accepts(ct, b.now()) {
 				b.remember(c, key, scopes, ct)
 				return &ct.Token, nil
 			}
@@ -407,7 +418,7 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 		stop := b.keepRenewed(ctx, c, lease)
 		defer stop()
 		// Another replica may have finished between our read and our lease.
-		if ct := b.readShared(ctx, key); o.accepts(ct, b.now()) {
+		if ct := b.readShared(ctx, c, key); o.accepts(ct, b.now()) {
 			b.remember(c, key, scopes, ct)
 			return &ct.Token, nil
 		}
@@ -431,9 +442,9 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 		t.Scopes = scopes
 	}
 	skew := min(c.Skew, pt.Expiry.Sub(start)/2)
-	ct := &cachedToken{Token: *t, freshUntil: pt.Expiry.Add(-skew)}
+	ct := &cachedToken{Token: *t, freshUntil: pt.Expiry.Add(-skew), subject: c.subject}
 	if ttl := ct.freshUntil.Sub(now); ttl > 0 {
-		if err := set(ctx, key, encodeToken(t, ct.freshUntil), ttl); err != nil {
+		if err := set(ctx, key, encodeToken(t, ct.freshUntil, c.subject), ttl); err != nil {
 			// The token is good; other replicas will fetch their own.
 			b.cacheTrouble(ctx, "set", "cache write failed", err)
 		}
@@ -515,6 +526,12 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, set sette
 		b.cacheTrouble(ctx, "get_grant", "grant unreadable; running the full grant", err)
 		g = nil
 	}
+	if g != nil && g.Subject != c.subject {
+		// Refreshing it would keep acting as the old account.
+		b.log.InfoContext(ctx, "stored grant was made for another account (the connection's key changed); running the full grant",
+			"connection", c.Name, "grant_for", g.Subject, "configured", c.subject)
+		g = nil
+	}
 	if isRef && g.Usable(b.now()) {
 		var t *providers.Token
 		err := b.oncePolicy.DoWithBreaker(ctx, c.breaker, func(ctx context.Context) (err error) {
@@ -575,6 +592,9 @@ type setter func(ctx context.Context, key string, value []byte, ttl time.Duratio
 // grant without a person (WX) loses nothing but a refresh token when the
 // store fails, so its token is still handed out; an Authorizer's is not.
 func (b *Broker) saveGrantWith(ctx context.Context, set setter, c *conn, old *providers.Grant, t *providers.Token) error {
+	if t.Grant != nil {
+		t.Grant.Subject = c.subject
+	}
 	err := b.mergeAndStoreGrant(ctx, set, c.Name, old, t)
 	if err == nil {
 		return nil

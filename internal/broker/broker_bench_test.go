@@ -122,7 +122,7 @@ func BenchmarkKey(b *testing.B) {
 func BenchmarkDecodeToken(b *testing.B) {
 	t := &Token{AccessToken: secret.New("0123456789abcdefghijABCDEFGHIJ-_0123456789a"), TokenType: "Bearer",
 		Expiry: time.Now().Add(time.Hour), Scopes: []string{"read"}}
-	raw := encodeToken(t, t.Expiry.Add(-time.Minute))
+	raw := encodeToken(t, t.Expiry.Add(-time.Minute), "")
 	b.ReportAllocs()
 	stop := cpuMeter(b)
 	for b.Loop() {

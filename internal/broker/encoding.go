@@ -13,6 +13,8 @@ import (
 type cachedToken struct {
 	Token
 	freshUntil time.Time
+	// subject: the account it was issued for (providers.AccountBound).
+	subject string
 }
 
 // tokenRecord is the stored form of a token. Field names are short because
@@ -24,11 +26,12 @@ type tokenRecord struct {
 	E int64    `json:"e"` // expiry, Unix ms
 	F int64    `json:"f"` // fresh until, Unix ms
 	S []string `json:"s,omitempty"`
+	U string   `json:"u,omitempty"` // subject
 }
 
-func encodeToken(t *Token, freshUntil time.Time) []byte {
+func encodeToken(t *Token, freshUntil time.Time, subject string) []byte {
 	b, _ := json.Marshal(tokenRecord{V: 1, A: t.AccessToken.Reveal(), T: t.TokenType,
-		E: t.Expiry.UnixMilli(), F: freshUntil.UnixMilli(), S: t.Scopes})
+		E: t.Expiry.UnixMilli(), F: freshUntil.UnixMilli(), S: t.Scopes, U: subject})
 	return b
 }
 
@@ -44,6 +47,7 @@ func decodeToken(raw []byte) (*cachedToken, error) {
 		Token: Token{AccessToken: secret.New(r.A), TokenType: r.T,
 			Expiry: time.UnixMilli(r.E), Scopes: r.S},
 		freshUntil: time.UnixMilli(r.F),
+		subject:    r.U,
 	}, nil
 }
 
@@ -54,12 +58,13 @@ type grantRecord struct {
 	RefreshExpiry int64    `json:"rt_exp,omitempty"` // Unix ms
 	DeviceSecret  string   `json:"ds,omitempty"`
 	Scopes        []string `json:"scopes,omitempty"`
+	Subject       string   `json:"sub,omitempty"`
 	UpdatedAt     int64    `json:"updated"` // Unix ms
 }
 
 func encodeGrant(g *providers.Grant) ([]byte, error) {
 	r := grantRecord{V: 1, State: string(g.State), RefreshToken: g.RefreshToken.Reveal(),
-		DeviceSecret: g.DeviceSecret.Reveal(), Scopes: g.Scopes, UpdatedAt: g.UpdatedAt.UnixMilli()}
+		DeviceSecret: g.DeviceSecret.Reveal(), Scopes: g.Scopes, Subject: g.Subject, UpdatedAt: g.UpdatedAt.UnixMilli()}
 	if !g.RefreshExpiry.IsZero() {
 		r.RefreshExpiry = g.RefreshExpiry.UnixMilli()
 	}
@@ -75,7 +80,7 @@ func decodeGrant(raw []byte) (*providers.Grant, error) {
 		return nil, fmt.Errorf("decode grant record: unsupported version %d", r.V)
 	}
 	g := &providers.Grant{State: providers.GrantState(r.State), RefreshToken: secret.New(r.RefreshToken),
-		DeviceSecret: secret.New(r.DeviceSecret), Scopes: r.Scopes, UpdatedAt: time.UnixMilli(r.UpdatedAt)}
+		DeviceSecret: secret.New(r.DeviceSecret), Scopes: r.Scopes, Subject: r.Subject, UpdatedAt: time.UnixMilli(r.UpdatedAt)}
 	if r.RefreshExpiry != 0 {
 		g.RefreshExpiry = time.UnixMilli(r.RefreshExpiry)
 	}

@@ -38,6 +38,15 @@ type Refresher interface {
 	Refresh(ctx context.Context, req Request, g *Grant) (*Token, error)
 }
 
+// An AccountBound Provider's configuration names the upstream account it
+// acts as (WX: the address of its key). The broker records that subject with
+// every token and grant it stores, and ignores stored ones made for another
+// subject, so a changed key never keeps serving or refreshing the old
+// account.
+type AccountBound interface {
+	Subject() string
+}
+
 // An Authorizer is a Provider whose grant starts with a person approving
 // access in a browser (RFC 6749 §4.1).
 type Authorizer interface {
@@ -98,7 +107,10 @@ type Grant struct {
 	// device-secret mode), used for the exchange and every refresh.
 	DeviceSecret secret.Value
 	// Scopes the upstream granted.
-	Scopes    []string
+	Scopes []string
+	// Subject is the upstream account the grant acts as, for providers that
+	// are AccountBound; empty otherwise.
+	Subject   string
 	UpdatedAt time.Time
 }
 

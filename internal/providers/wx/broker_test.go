@@ -3,10 +3,12 @@ package wx_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/emulator/wxemu"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	"github.com/tokenbroker/tokenbroker/internal/wavescrypto"
 )
 
@@ -358,4 +361,76 @@ func TestBrokerListsAddress(t *testing.T) {
 	if infos[0].State != broker.StateReady {
 		t.Errorf("Connections()[0].State = %v; want ready", infos[0].State)
 	}
+}
+
+// TestBrokerKeyChange: after the connection's key changes, the broker
+// neither serves the old account's cached token nor refreshes its grant; it
+// signs a password grant for the new account and keeps that.
+func TestBrokerKeyChange(t *testing.T) {
+	bf := newBrokered(t, wxemu.Options{}, nil)
+	oldAddr := wavescrypto.NewAddress(bf.sk.Public(), 'W').String()
+	if got := addressClaim(t, bf.get(t)); got != oldAddr {
+		t.Fatalf("first token for %s; want %s", got, oldAddr)
+	}
+	bf.wantCounts(t, "old key", counts{Password: 1})
+
+	// The same store and upstream, the connection now configured with
+	// another seed (as after a rolling update).
+	const otherEnv, otherSeed = "WX_OTHER_SEED", "another account's seed, for the key-change test"
+	cfg := *bf.cfg
+	cfg.Seed = secret.Ref{Env: otherEnv}
+	env := bf.env
+	env.Secrets.LookupEnv = func(k string) (string, bool) { return otherSeed, k == otherEnv }
+	p, err := cfg.Open(env)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	b2, err := broker.New(broker.Options{Cache: bf.cache, Now: bf.clk.Now, AfterFunc: (&timers{}).AfterFunc,
+		Connections: []broker.Connection{{Name: connName, Type: "wx", Provider: p, Skew: time.Minute}},
+		Upstream:    &upstream.Policy{MaxAttempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	newAddr := wavescrypto.NewAddress(wavescrypto.PrivateKeyFromSeed(otherSeed, 0).Public(), 'W').String()
+	get := func() *broker.Token {
+		t.Helper()
+		tok, err := b2.GetToken(context.Background(), broker.Request{Connection: connName})
+		if err != nil {
+			t.Fatalf("GetToken with the new key: %v", err)
+		}
+		return tok
+	}
+	if got := addressClaim(t, get()); got != newAddr {
+		t.Errorf("token after the key change for %s; want %s (the old account's %s must not be served)", got, newAddr, oldAddr)
+	}
+	bf.wantCounts(t, "new key", counts{Password: 2})
+	if !bytes.Contains(bf.storedGrant(t), []byte(`"sub":"`+newAddr+`"`)) {
+		t.Errorf("stored grant is not marked as the new account's %s", newAddr)
+	}
+
+	// Past the token's fresh period the new account's grant is refreshed.
+	bf.clk.Advance(time.Hour)
+	if got := addressClaim(t, get()); got != newAddr {
+		t.Errorf("refreshed token for %s; want %s", got, newAddr)
+	}
+	bf.wantCounts(t, "refresh with the new key", counts{Password: 2, Refresh: 1, RefreshIssued: 1})
+}
+
+// addressClaim is the "address" claim of an emulator-issued access token.
+func addressClaim(t *testing.T, tok *broker.Token) string {
+	t.Helper()
+	parts := strings.Split(tok.AccessToken.Reveal(), ".")
+	if len(parts) != 3 {
+		t.Fatalf("access token is not a JWT (%d parts)", len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatalf("JWT payload: %v", err)
+	}
+	var claims struct{ Address string }
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatalf("JWT claims: %v", err)
+	}
+	return claims.Address
 }

@@ -252,6 +252,10 @@ var (
 	_ providers.Describer = (*provider)(nil)
 )
 
+// Subject is the account's address: a stored grant or token for another
+// address (the key changed) is not used (providers.AccountBound).
+func (p *provider) Subject() string { return p.address }
+
 // Token runs the signed password grant. It is safe for concurrent use.
 func (p *provider) Token(ctx context.Context, req providers.Request) (*providers.Token, error) {
 	if err := checkScopes(req.Scopes); err != nil {
