@@ -568,8 +568,10 @@ connections:
 		n, _ := strconv.Atoi(string(m[1]))
 		return n
 	}
+	// The workers start in the background and other goroutines come and go,
+	// so the difference is not exact; without the setting it is about 0.
 	off, on := goroutines(0), goroutines(300)
-	if on-off < 300 {
-		t.Errorf("go_goroutines = %d with 300 stream workers, %d with none; want at least 300 more", on, off)
+	if on-off < 250 {
+		t.Errorf("go_goroutines = %d with 300 stream workers, %d with none; want about 300 more", on, off)
 	}
 }

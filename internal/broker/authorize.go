@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/tokenbroker/tokenbroker/internal/cache"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 )
@@ -77,7 +79,8 @@ func (b *Broker) StartAuthorization(ctx context.Context, connection string) (aut
 	_, _ = rand.Read(buf) // never fails (crypto/rand, Go 1.24+)
 	state = base64.RawURLEncoding.EncodeToString(buf)
 	expires = b.now().Add(AuthStateTTL)
-	rec, _ := json.Marshal(authStateRecord{V: 1, Conn: c.Name, Exp: expires.UnixMilli()})
+	verifier := oauth2.GenerateVerifier() // RFC 7636; used by providers with PKCE on
+	rec, _ := json.Marshal(authStateRecord{V: 1, Conn: c.Name, Exp: expires.UnixMilli(), Verifier: verifier})
 	ok, err := nx.SetNX(ctx, authStateKey(state), rec, AuthStateTTL)
 	switch {
 	case err != nil:
@@ -86,7 +89,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, connection string) (aut
 		return "", "", time.Time{}, fmt.Errorf("%w: authorization state collision", ErrStore)
 	}
 	b.log.InfoContext(ctx, "authorization started", "connection", c.Name, "state_expires_at", expires.UTC())
-	return az.AuthCodeURL(state), state, expires, nil
+	return az.AuthCodeURL(state, verifier), state, expires, nil
 }
 
 // CompleteAuthorization redeems code, which the upstream returned with
@@ -176,7 +179,7 @@ func (b *Broker) HandleAuthorizationResponse(ctx context.Context, r Authorizatio
 // complete runs the completion this call owns, under the pending marker at
 // key, and records its outcome there.
 func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key string) (string, error) {
-	name, err := b.consumeState(ctx, r.State, r.Connection)
+	name, verifier, err := b.consumeState(ctx, r.State, r.Connection)
 	if err != nil {
 		// Nothing was spent: drop the marker so it answers for nothing.
 		if derr := b.cache.Delete(ctx, key); derr != nil {
@@ -185,7 +188,7 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 		return "", err
 	}
 	c := b.conns[name] // consumeState checked it exists
-	outcome := b.redeem(ctx, c, r)
+	outcome := b.redeem(ctx, c, r, verifier)
 	if outcome != nil {
 		b.log.WarnContext(ctx, "authorization failed", "connection", name, "err", outcome)
 	}
@@ -197,52 +200,53 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 	return name, outcome
 }
 
-// consumeState checks the state and removes it, returning its connection.
+// consumeState checks the state and removes it, returning its connection
+// and the PKCE code verifier kept with it.
 // A state bound to another connection than want ("" for any) is kept.
-func (b *Broker) consumeState(ctx context.Context, state, want string) (string, error) {
+func (b *Broker) consumeState(ctx context.Context, state, want string) (connection, verifier string, err error) {
 	_, gd, err := b.singleUse()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	key := authStateKey(state)
 	raw, err := b.cache.Get(ctx, key)
 	if errors.Is(err, cache.ErrNotFound) {
-		return "", fmt.Errorf("%w: unknown, expired or already used; start the authorization again", ErrInvalidState)
+		return "", "", fmt.Errorf("%w: unknown, expired or already used; start the authorization again", ErrInvalidState)
 	}
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrStore, err)
+		return "", "", fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	var rec authStateRecord
 	if err := json.Unmarshal(raw, &rec); err != nil || rec.V != 1 {
-		return "", fmt.Errorf("%w: authorization state unreadable", ErrStore)
+		return "", "", fmt.Errorf("%w: authorization state unreadable", ErrStore)
 	}
 	if want != "" && rec.Conn != want {
-		return "", fmt.Errorf("%w: it was issued for another connection", ErrInvalidState)
+		return "", "", fmt.Errorf("%w: it was issued for another connection", ErrInvalidState)
 	}
 	if _, err := gd.GetDel(ctx, key); errors.Is(err, cache.ErrNotFound) {
-		return "", fmt.Errorf("%w: already used; start the authorization again", ErrInvalidState)
+		return "", "", fmt.Errorf("%w: already used; start the authorization again", ErrInvalidState)
 	} else if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrStore, err)
+		return "", "", fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	if !b.now().Before(time.UnixMilli(rec.Exp)) {
-		return "", fmt.Errorf("%w: expired; start the authorization again", ErrInvalidState)
+		return "", "", fmt.Errorf("%w: expired; start the authorization again", ErrInvalidState)
 	}
 	if _, _, err := b.authorizer(rec.Conn); err != nil {
-		return "", fmt.Errorf("%w: bound to a connection that is no longer configured", ErrInvalidState)
+		return "", "", fmt.Errorf("%w: bound to a connection that is no longer configured", ErrInvalidState)
 	}
-	return rec.Conn, nil
+	return rec.Conn, rec.Verifier, nil
 }
 
 // redeem handles the upstream's answer for connection c: an error, or a code
 // to exchange. On success the grant is stored and the token cached.
-func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse) error {
+func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse, verifier string) error {
 	if r.Error != "" {
 		return fmt.Errorf("authorization of %q not granted: %w", c.Name,
 			&providers.OAuthError{Code: r.Error, Description: r.ErrorDescription})
 	}
 	az := c.Provider.(providers.Authorizer) // consumeState checked it
 	start := b.now()
-	t, err := az.Exchange(ctx, r.Code)
+	t, err := az.Exchange(ctx, r.Code, verifier)
 	if err != nil {
 		return err
 	}
@@ -360,6 +364,8 @@ type authStateRecord struct {
 	V    int    `json:"v"`
 	Conn string `json:"conn"`
 	Exp  int64  `json:"exp"` // Unix ms
+	// Verifier is the RFC 7636 code verifier made for this authorization.
+	Verifier string `json:"pv,omitempty"`
 }
 
 // authResultRecord is a completion's outcome, or a marker that it is

@@ -611,3 +611,53 @@ func TestRestartKeepsGrant(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthorizationPKCE: for a generic authorization_code connection with
+// pkce on, the broker makes a verifier per authorization, keeps it with the
+// state (shared cache, so any replica can complete), and the exchange passes
+// the emulator's RFC 7636 check; the verifier never reaches a log.
+func TestAuthorizationPKCE(t *testing.T) {
+	clk := cachetest.NewClock(time.Unix(1_700_000_000, 0))
+	emu := waxemu.New(waxemu.Options{ClientID: waxClientID, ClientSecret: waxClientSecret, Now: clk.Now,
+		RedirectURL: "https://broker.example/oauth2/callback", PKCE: true})
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	log, logs := logtest.New()
+	cfg := &authcode.Config{AuthorizeURL: srv.URL + waxemu.AuthorizePath, TokenURL: srv.URL + waxemu.TokenPath,
+		ClientID: waxClientID, ClientSecret: secret.Ref{Env: "S"}, BasicEncoding: authcode.BasicRaw, PKCE: true}
+	p, err := cfg.Open(providers.Env{Name: "app", Now: clk.Now, Logger: log,
+		Secrets: secret.Loader{LookupEnv: func(string) (string, bool) { return waxClientSecret, true }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := memory.New(memory.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	conns := []broker.Connection{{Name: "app", Type: "authorization_code", Provider: p, Skew: time.Minute}}
+	starter, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: clk.Now, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer starter.Close()
+	h := &azHarness{clk: clk, emu: emu, emuURL: srv.URL, log: log, logs: logs, secrets: logtest.Secrets{"client secret": waxClientSecret}}
+	state, back := h.start(t, starter, "app")
+
+	// Another replica (same shared cache) completes it.
+	completer, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: clk.Now, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer completer.Close()
+	if err := completer.CompleteAuthorization(context.Background(), "app", back.Get("code"), state); err != nil {
+		t.Fatalf("CompleteAuthorization() = %v", err)
+	}
+	if _, err := completer.GetToken(context.Background(), broker.Request{Connection: "app"}); err != nil {
+		t.Fatalf("GetToken() after authorization = %v", err)
+	}
+	if got := emu.Counts(); got.CodeExchanges != 1 || got.PKCEFailures != 0 || got.Issued != 1 {
+		t.Errorf("emulator counts = %+v; want one exchange, no PKCE failure, one token", got)
+	}
+	h.checkLogs(t)
+}

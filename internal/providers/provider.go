@@ -51,12 +51,15 @@ type AccountBound interface {
 // access in a browser (RFC 6749 §4.1).
 type Authorizer interface {
 	// AuthCodeURL returns the URL that asks the person for approval, carrying
-	// state, which the upstream hands back with the code.
-	AuthCodeURL(state string) string
-	// Exchange redeems a single-use authorization code. The returned token's
-	// Grant holds everything needed to refresh later (and, for public
-	// clients, the device secret used for this exchange).
-	Exchange(ctx context.Context, code string) (*Token, error)
+	// state, which the upstream hands back with the code. verifier is a
+	// fresh RFC 7636 code verifier, kept with the state: a provider using
+	// PKCE sends its S256 challenge; others ignore it.
+	AuthCodeURL(state, verifier string) string
+	// Exchange redeems a single-use authorization code, with the verifier
+	// AuthCodeURL was given for it. The returned token's Grant holds
+	// everything needed to refresh later (and, for public clients, the
+	// device secret used for this exchange).
+	Exchange(ctx context.Context, code, verifier string) (*Token, error)
 }
 
 // A Describer reports public facts about a connection for ListConnections,

@@ -31,6 +31,7 @@ package waxemu
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
@@ -38,6 +39,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +85,11 @@ type Options struct {
 	RedirectURL string
 	// AllowedScopes a client may ask for; empty means DefaultAllowedScopes.
 	AllowedScopes []string
+	// PKCE makes the server require RFC 7636 with the S256 method, as a
+	// generic authorization server may (WAX itself does not use PKCE): a
+	// code_challenge on every authorization and the matching code_verifier
+	// at the exchange. Without it, PKCE parameters are refused.
+	PKCE bool
 	// Now reads the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -107,12 +114,16 @@ type Counts struct {
 	InvalidClient int
 	// InvalidGrant counts 400 invalid_grant answers.
 	InvalidGrant int
+	// PKCEFailures counts exchanges whose code_verifier was missing or did
+	// not match the code's challenge.
+	PKCEFailures int
 }
 
 // A Server is the emulated WAX All Access; it is an http.Handler.
 type Server struct {
 	clientID, clientSecret string
 	allowed                []string
+	pkce                   bool
 	now                    func() time.Time
 
 	mu          sync.Mutex
@@ -131,6 +142,7 @@ type code struct {
 	permanent bool
 	expires   time.Time
 	used      bool
+	challenge string // RFC 7636 S256 code_challenge, with Options.PKCE
 }
 
 type grant struct {
@@ -145,6 +157,7 @@ func New(opts Options) *Server {
 		clientID:     opts.ClientID,
 		clientSecret: opts.ClientSecret,
 		allowed:      slices.Clone(opts.AllowedScopes),
+		pkce:         opts.PKCE,
 		now:          opts.Now,
 		redirectURL:  opts.RedirectURL,
 		codes:        map[string]*code{},
@@ -207,7 +220,7 @@ func (s *Server) Valid(token string) bool {
 }
 
 // Secrets returns every code, access token and refresh token issued and
-// every device secret received, for tests that check none of them leaked.
+// every device secret and PKCE verifier received, for tests that check none of them leaked.
 func (s *Server) Secrets() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -266,6 +279,18 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	challenge := q.Get("code_challenge")
+	switch {
+	case !s.pkce && (q.Has("code_challenge") || q.Has("code_challenge_method")):
+		http.Error(w, "PKCE is not supported by this server", http.StatusBadRequest)
+		return
+	case s.pkce && q.Get("code_challenge_method") != "S256":
+		http.Error(w, "code_challenge_method must be S256", http.StatusBadRequest)
+		return
+	case s.pkce && !pkceChallenge.MatchString(challenge):
+		http.Error(w, "code_challenge must be 43 base64url characters (RFC 7636 §4.2)", http.StatusBadRequest)
+		return
+	}
 	permanent := false
 	switch d := q.Get("duration"); d {
 	case "permanent":
@@ -294,7 +319,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c := random()
 		s.mu.Lock()
-		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime)}
+		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime), challenge: challenge}
 		s.seen = append(s.seen, c)
 		s.counts.Approved++
 		s.mu.Unlock()
@@ -392,6 +417,11 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	for k := range form {
 		switch k {
 		case "grant_type", "code", "refresh_token":
+		case "code_verifier":
+			if s.pkce && gt == "authorization_code" {
+				break
+			}
+			fallthrough
 		default:
 			writeError(w, http.StatusBadRequest, "invalid_request", "unsupported parameter "+strconv.Quote(k))
 			return
@@ -399,7 +429,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 	switch gt {
 	case "authorization_code":
-		s.exchange(w, form.Get("code"), sec)
+		s.exchange(w, form.Get("code"), sec, form.Get("code_verifier"))
 	case "refresh_token":
 		s.refresh(w, form.Get("refresh_token"), sec)
 	case "":
@@ -409,7 +439,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) exchange(w http.ResponseWriter, c, sec string) {
+func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 	if c == "" {
 		writeError(w, http.StatusBadRequest, "invalid_request", "missing code")
 		return
@@ -428,8 +458,19 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec string) {
 	case !s.now().Before(cd.expires):
 		s.invalidGrant(w, "Provided authorization code has expired")
 		return
+	case cd.challenge != "" && !pkceVerifier.MatchString(verifier):
+		s.counts.PKCEFailures++
+		s.invalidGrant(w, "code_verifier is missing or malformed (RFC 7636 §4.1)")
+		return
+	case cd.challenge != "" && subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(cd.challenge)) != 1:
+		s.counts.PKCEFailures++
+		s.invalidGrant(w, "code_verifier does not match the code_challenge")
+		return
 	}
 	cd.used = true
+	if verifier != "" {
+		s.seen = append(s.seen, verifier)
+	}
 	g := &grant{scopes: cd.scopes}
 	if s.clientSecret == "" {
 		g.deviceSecret = sec
@@ -527,6 +568,18 @@ func (s *Server) invalidClientLocked(w http.ResponseWriter, desc string) {
 	s.counts.InvalidClient++
 	w.Header().Set("WWW-Authenticate", `Basic realm="waxemu"`)
 	writeError(w, http.StatusUnauthorized, "invalid_client", desc)
+}
+
+// RFC 7636 §4.1 and §4.2: a verifier is 43-128 unreserved characters; an
+// S256 challenge is the unpadded base64url SHA-256 of it, 43 characters.
+var (
+	pkceVerifier  = regexp.MustCompile(`^[A-Za-z0-9._~-]{43,128}$`)
+	pkceChallenge = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
+)
+
+func s256(verifier string) string {
+	sum := sha256.Sum256([]byte(verifier))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // random returns 32 random bytes, base64url: codes and tokens.

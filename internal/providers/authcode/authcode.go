@@ -34,6 +34,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/providers/tokenhttp"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -83,6 +85,11 @@ type Config struct {
 	// the broker's own https://<admin host>/oauth2/callback. When set it is
 	// sent as redirect_uri in the authorization URL and the code exchange.
 	RedirectURL string `yaml:"redirect_url"`
+	// PKCE turns on RFC 7636 with the S256 method: every authorization
+	// carries a code_challenge and its exchange the matching code_verifier,
+	// made fresh by the broker for each StartAuthorization and kept with the
+	// state. Use it whenever the upstream supports it.
+	PKCE bool `yaml:"pkce"`
 	// ExtraAuthorizeParams are added to the authorization URL, such as
 	// access_type or prompt. client_id, response_type, state, scope and
 	// redirect_uri are not allowed.
@@ -111,13 +118,15 @@ type flavor struct {
 	reserved []string
 	// details are added to Describe.
 	details map[string]string
+	// noPKCE: the upstream does not support PKCE.
+	noPKCE bool
 }
 
 var genericFlavor = flavor{
 	name:            "authcode",
 	defaultEncoding: BasicForm,
 	sendRedirectURI: true,
-	reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri"},
+	reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "code_challenge", "code_challenge_method"},
 }
 
 // Validate reports every problem at once, each prefixed with its YAML key.
@@ -128,6 +137,9 @@ func (c *Config) problems(f flavor) []error {
 	var errs []error
 	add := func(key, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, a...)...))
+	}
+	if c.PKCE && f.noPKCE {
+		add("pkce", "%s does not support PKCE", f.name)
 	}
 	for _, u := range []struct{ key, val string }{{"authorize_url", c.AuthorizeURL}, {"token_url", c.TokenURL}} {
 		if u.val == "" {
@@ -256,6 +268,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if c.RedirectURL != "" {
 		details["redirect_url"] = c.RedirectURL
 	}
+	if c.PKCE {
+		details["pkce"] = "S256"
+	}
 	for k, v := range f.details {
 		details[k] = v
 	}
@@ -274,6 +289,7 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		style:           style,
 		scopes:          normalize(c.Scopes),
 		redirectURI:     redirectURI,
+		pkce:            c.PKCE,
 		defaultLifetime: lifetime,
 		rand:            rnd,
 		details:         details,
@@ -295,6 +311,7 @@ type provider struct {
 	clientID     string
 	clientSecret secret.Value // zero in device-secret mode
 	deviceMode   bool
+	pkce         bool
 	style        tokenhttp.AuthStyle
 	// scopes are the configured ones, sorted and unique; nil for none.
 	scopes          []string
@@ -318,23 +335,32 @@ func (p *provider) Token(context.Context, providers.Request) (*providers.Token, 
 	return nil, fmt.Errorf("%s: %w: open the URL from StartAuthorization", p.name, providers.ErrNeedsAuthorization)
 }
 
-// AuthCodeURL returns the authorization URL carrying state.
-func (p *provider) AuthCodeURL(state string) string {
-	q := make(url.Values, len(p.authParams)+1)
+// AuthCodeURL returns the authorization URL carrying state and, with PKCE,
+// the S256 challenge of verifier.
+func (p *provider) AuthCodeURL(state, verifier string) string {
+	q := make(url.Values, len(p.authParams)+3)
 	for k, v := range p.authParams {
 		q[k] = v
 	}
 	q.Set("state", state)
+	if p.pkce {
+		q.Set("code_challenge", oauth2.S256ChallengeFromVerifier(verifier))
+		q.Set("code_challenge_method", "S256")
+	}
 	u := *p.authURL
 	u.RawQuery = q.Encode()
 	return u.String()
 }
 
-// Exchange redeems code (RFC 6749 §4.1.3). In device-secret mode it makes
-// the grant's device secret first and authenticates with it.
-func (p *provider) Exchange(ctx context.Context, code string) (*providers.Token, error) {
+// Exchange redeems code (RFC 6749 §4.1.3), with the PKCE code_verifier
+// when PKCE is on. In device-secret mode it makes the grant's device secret
+// first and authenticates with it.
+func (p *provider) Exchange(ctx context.Context, code, verifier string) (*providers.Token, error) {
 	if code == "" {
 		return nil, fmt.Errorf("%s: exchange: empty code", p.name)
+	}
+	if p.pkce && verifier == "" {
+		return nil, fmt.Errorf("%s: exchange: no PKCE code verifier kept for this authorization", p.name)
 	}
 	sec := p.clientSecret
 	if p.deviceMode {
@@ -347,6 +373,9 @@ func (p *provider) Exchange(ctx context.Context, code string) (*providers.Token,
 	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}}
 	if p.redirectURI != "" {
 		form.Set("redirect_uri", p.redirectURI)
+	}
+	if p.pkce {
+		form.Set("code_verifier", verifier)
 	}
 	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
 	if err != nil {

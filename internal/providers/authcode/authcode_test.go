@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/oauth2"
 
 	"github.com/tokenbroker/tokenbroker/internal/emulator/waxemu"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
@@ -147,7 +149,7 @@ func TestAuthCodeURL(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Open() = %v", err)
 			}
-			u, err := url.Parse(p.(providers.Authorizer).AuthCodeURL("st"))
+			u, err := url.Parse(p.(providers.Authorizer).AuthCodeURL("st", ""))
 			if err != nil {
 				t.Fatalf("AuthCodeURL() is not a URL: %v", err)
 			}
@@ -173,6 +175,8 @@ type fixture struct {
 	p    providers.Provider
 	clk  *clock
 	base string
+	// verifier is the PKCE code verifier authorize and Exchange use.
+	verifier string
 }
 
 func newFixture(t *testing.T, emuOpts waxemu.Options, cfg authcode.WAXConfig) *fixture {
@@ -196,7 +200,7 @@ func newFixture(t *testing.T, emuOpts waxemu.Options, cfg authcode.WAXConfig) *f
 func (f *fixture) authorize(t *testing.T, state string) url.Values {
 	t.Helper()
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.Get(f.p.(providers.Authorizer).AuthCodeURL(state))
+	resp, err := c.Get(f.p.(providers.Authorizer).AuthCodeURL(state, f.verifier))
 	if err != nil {
 		t.Fatalf("GET authorization URL: %v", err)
 	}
@@ -241,7 +245,7 @@ func TestExchangeAndRefresh(t *testing.T) {
 			f := newFixture(t, tt.emu, tt.cfg)
 			f.emu.SetRotate(tt.rotate)
 			code := f.authorize(t, "state-1").Get("code")
-			tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), code)
+			tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), code, f.verifier)
 			if err != nil {
 				t.Fatalf("Exchange() = %v", err)
 			}
@@ -293,7 +297,7 @@ func TestExchangeAndRefresh(t *testing.T) {
 
 func TestRefreshErrors(t *testing.T) {
 	f := newFixture(t, waxemu.Options{}, authcode.WAXConfig{Config: authcode.Config{DeviceSecret: true}})
-	tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"))
+	tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
 	if err != nil {
 		t.Fatalf("Exchange() = %v", err)
 	}
@@ -345,7 +349,7 @@ func TestRefreshErrors(t *testing.T) {
 func TestFormEncodingFailsAgainstWAX(t *testing.T) {
 	f := newFixture(t, waxemu.Options{ClientSecret: trickySecret},
 		authcode.WAXConfig{Config: authcode.Config{ClientSecret: secret.Ref{Env: "WAX_SECRET"}, BasicEncoding: authcode.BasicForm}})
-	_, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"))
+	_, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
 	if got := providers.OAuthCode(err); got != providers.CodeInvalidClient {
 		t.Fatalf("Exchange() with form-encoded Basic = %v; want invalid_client (WAX does not form-decode)", err)
 	}
@@ -354,7 +358,7 @@ func TestFormEncodingFailsAgainstWAX(t *testing.T) {
 func TestTemporaryGrantHasNoRefreshToken(t *testing.T) {
 	f := newFixture(t, waxemu.Options{ClientSecret: trickySecret},
 		authcode.WAXConfig{Duration: authcode.WAXTemporary, Config: authcode.Config{ClientSecret: secret.Ref{Env: "WAX_SECRET"}}})
-	tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"))
+	tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
 	if err != nil {
 		t.Fatalf("Exchange() = %v", err)
 	}
@@ -393,7 +397,7 @@ func TestGenericForm(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open() = %v", err)
 	}
-	tok, err := p.(providers.Authorizer).Exchange(context.Background(), "the-code")
+	tok, err := p.(providers.Authorizer).Exchange(context.Background(), "the-code", "")
 	if err != nil {
 		t.Fatalf("Exchange() = %v", err)
 	}
@@ -420,7 +424,7 @@ func TestDeviceSecretsAreRandomPerGrant(t *testing.T) {
 	f := newFixture(t, waxemu.Options{}, authcode.WAXConfig{Config: authcode.Config{DeviceSecret: true}})
 	seen := map[string]bool{}
 	for i := range 3 {
-		tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"))
+		tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
 		if err != nil {
 			t.Fatalf("Exchange() #%d = %v", i+1, err)
 		}
@@ -440,7 +444,7 @@ func TestDeviceSecretsAreRandomPerGrant(t *testing.T) {
 		t.Fatalf("Open() = %v", err)
 	}
 	f.p = p
-	tok, err := p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"))
+	tok, err := p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
 	if err != nil {
 		t.Fatalf("Exchange() = %v", err)
 	}
@@ -482,5 +486,66 @@ func TestDescribe(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPKCE: with pkce on, the authorization URL carries the S256 challenge
+// of the verifier it is given and the exchange the verifier itself; the
+// emulator, requiring PKCE, refuses any other verifier.
+func TestPKCE(t *testing.T) {
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	emu := waxemu.New(waxemu.Options{ClientID: clientID, ClientSecret: trickySecret, Now: clk.Now,
+		RedirectURL: "https://app.example/cb", PKCE: true})
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	cfg := authcode.Config{AuthorizeURL: srv.URL + waxemu.AuthorizePath, TokenURL: srv.URL + waxemu.TokenPath,
+		ClientID: clientID, ClientSecret: secret.Ref{Env: "WAX_SECRET"}, BasicEncoding: authcode.BasicRaw, PKCE: true}
+	p, err := cfg.Open(env(clk.Now))
+	if err != nil {
+		t.Fatalf("Open() = %v", err)
+	}
+	f := &fixture{emu: emu, p: p, clk: clk, base: srv.URL, verifier: oauth2.GenerateVerifier()}
+	u, err := url.Parse(p.(providers.Authorizer).AuthCodeURL("s", f.verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := u.Query().Get("code_challenge"), oauth2.S256ChallengeFromVerifier(f.verifier); got != want {
+		t.Errorf("code_challenge = %q; want %q", got, want)
+	}
+	if got := u.Query().Get("code_challenge_method"); got != "S256" {
+		t.Errorf("code_challenge_method = %q; want S256", got)
+	}
+	if got := p.(providers.Describer).Describe()["pkce"]; got != "S256" {
+		t.Errorf(`Describe()["pkce"] = %q; want S256`, got)
+	}
+
+	code := f.authorize(t, "s").Get("code")
+	_, err = p.(providers.Authorizer).Exchange(context.Background(), code, oauth2.GenerateVerifier())
+	if providers.OAuthCode(err) != providers.CodeInvalidGrant {
+		t.Fatalf("Exchange with another verifier = %v; want invalid_grant", err)
+	}
+	if _, err := p.(providers.Authorizer).Exchange(context.Background(), code, ""); err == nil {
+		t.Fatal("Exchange without a verifier succeeded; want an error")
+	}
+	tok, err := p.(providers.Authorizer).Exchange(context.Background(), code, f.verifier)
+	if err != nil {
+		t.Fatalf("Exchange with the verifier = %v", err)
+	}
+	if tok.AccessToken.IsZero() {
+		t.Error("Exchange returned no access token")
+	}
+	if got := emu.Counts().PKCEFailures; got != 1 {
+		t.Errorf("emulator PKCE failures = %d; want 1 (the wrong verifier; the empty one never left)", got)
+	}
+	for _, s := range []string{f.verifier, code} {
+		if strings.Contains(fmt.Sprint(err), s) {
+			t.Errorf("an error repeats a verifier or code")
+		}
+	}
+
+	// WAX does not support PKCE: asking for it is a configuration error.
+	wax := authcode.WAXConfig{Config: authcode.Config{ClientID: clientID, ClientSecret: secret.Ref{Env: "WAX_SECRET"}, PKCE: true}}
+	if err := wax.Validate(); err == nil || !strings.Contains(err.Error(), "pkce: wax does not support PKCE") {
+		t.Errorf("WAXConfig{PKCE: true}.Validate() = %v; want a pkce error", err)
 	}
 }

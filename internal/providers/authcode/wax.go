@@ -93,8 +93,9 @@ func (c *WAXConfig) resolve() (Config, flavor, []error) {
 	f := flavor{
 		name:            "wax",
 		defaultEncoding: BasicRaw,
-		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration"},
+		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration", "code_challenge", "code_challenge_method"},
 		details:         map[string]string{},
+		noPKCE:          true,
 	}
 	if c.AuthorizeURL == "" && c.TokenURL == "" {
 		// With either overridden, the environment says nothing true.
