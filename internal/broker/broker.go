@@ -762,6 +762,9 @@ func (b *Broker) Connections(ctx context.Context) []ConnectionInfo {
 		_, isAuth := c.Provider.(providers.Authorizer)
 		if isRef || isAuth {
 			g, err := b.loadGrant(ctx, name)
+			if g != nil && g.Subject != c.subject {
+				g = nil // another account's: the next fetch replaces it
+			}
 			switch {
 			case err != nil:
 				info.State, info.LastError = StateFailing, err.Error()

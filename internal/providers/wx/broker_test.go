@@ -393,6 +393,9 @@ func TestBrokerKeyChange(t *testing.T) {
 	}
 	defer b2.Close()
 	newAddr := wavescrypto.NewAddress(wavescrypto.PrivateKeyFromSeed(otherSeed, 0).Public(), 'W').String()
+	if infos := b2.Connections(context.Background()); len(infos) != 1 || infos[0].GrantedScopes != nil {
+		t.Errorf("Connections() with the new key = %+v; want no granted scopes (the stored grant is the old account's)", infos)
+	}
 	get := func() *broker.Token {
 		t.Helper()
 		tok, err := b2.GetToken(context.Background(), broker.Request{Connection: connName})
