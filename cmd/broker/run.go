@@ -291,8 +291,6 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 	return c, nil
 }
 
-// serve runs the gRPC and admin servers until ctx is done. adminListening,
-// if not nil, learns the admin server's address once it listens.
 // checkTLSFiles loads the certificates and keys the configuration names, as
 // serving would.
 func checkTLSFiles(cfg *config.Config, log *slog.Logger) []error {
@@ -313,6 +311,8 @@ func checkTLSFiles(cfg *config.Config, log *slog.Logger) []error {
 	return errs
 }
 
+// serve runs the gRPC and admin servers until ctx is done. adminListening,
+// if not nil, learns the admin server's address once it listens.
 func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
 	m *metrics.Metrics, tr *tracing.Tracing, adminListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
