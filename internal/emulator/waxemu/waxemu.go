@@ -220,7 +220,8 @@ func (s *Server) Valid(token string) bool {
 }
 
 // Secrets returns every code, access token and refresh token issued and
-// every device secret and PKCE verifier received, for tests that check none of them leaked.
+// every device secret and PKCE verifier received, for tests that check
+// none of them leaked.
 func (s *Server) Secrets() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
