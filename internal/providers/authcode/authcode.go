@@ -44,7 +44,7 @@ import (
 // Defaults applied by Open to zero Config fields.
 const (
 	DefaultTimeout          = 10 * time.Second
-	DefaultMaxResponseBytes = int64(1 << 20)
+	DefaultMaxResponseBytes = tokenhttp.DefaultMaxResponseBytes
 	// DefaultLifetime is assumed when a token response has no expires_in.
 	DefaultLifetime = time.Hour
 )
@@ -252,11 +252,6 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 
 	lifetime := cmp.Or(c.DefaultLifetime.Duration, DefaultLifetime)
 	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
-	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
-	now := env.Now
-	if now == nil {
-		now = time.Now
-	}
 	rnd := env.Rand
 	if rnd == nil {
 		rnd = rand.Reader
@@ -295,9 +290,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		details:         details,
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
-			MaxResponseBytes: maxBytes,
+			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
 			Timeout:          timeout,
-			Now:              now,
+			Now:              env.Now, // nil: time.Now
 		},
 	}, nil
 }

@@ -149,11 +149,6 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 	}
 	lifetime := cmp.Or(c.DefaultLifetime.Duration, DefaultLifetime)
 	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
-	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
-	now := env.Now
-	if now == nil {
-		now = time.Now
-	}
 	params := make(map[string]string, len(c.EndpointParams))
 	for k, v := range c.EndpointParams {
 		params[k] = v
@@ -166,9 +161,9 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 		params:          params,
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
-			MaxResponseBytes: maxBytes,
+			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
 			Timeout:          timeout,
-			Now:              now,
+			Now:              env.Now, // nil: time.Now
 		},
 	}, nil
 }

@@ -47,7 +47,7 @@ const (
 	DefaultChainID          = "W"
 	DefaultTokenLifetime    = 7 * 24 * time.Hour
 	DefaultTimeout          = 10 * time.Second
-	DefaultMaxResponseBytes = int64(1 << 20)
+	DefaultMaxResponseBytes = tokenhttp.DefaultMaxResponseBytes
 )
 
 // Limits on Config.TokenLifetime. The gateway refuses an expiry more than a
@@ -173,7 +173,6 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 	}
 	lifetime := cmp.Or(c.TokenLifetime.Duration, DefaultTokenLifetime)
 	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
-	maxBytes := cmp.Or(c.MaxResponseBytes, DefaultMaxResponseBytes)
 	now := env.Now
 	if now == nil {
 		now = time.Now
@@ -200,7 +199,7 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 		log:      log,
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
-			MaxResponseBytes: maxBytes,
+			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
 			Timeout:          timeout,
 			Now:              now,
 		},
