@@ -36,37 +36,11 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/bench/internal/hist"
+	"github.com/tokenbroker/tokenbroker/bench/internal/loadresult"
 )
 
 // GetTokenMethod is the default method.
 const GetTokenMethod = "/tokenbroker.v1.TokenBrokerService/GetToken"
-
-// Result is the JSON line loadgen prints.
-type Result struct {
-	Label       string         `json:"label,omitempty"`
-	Addr        string         `json:"addr"`
-	Method      string         `json:"method"`
-	Concurrency int            `json:"concurrency"`
-	Conns       int            `json:"conns"`
-	Seconds     float64        `json:"seconds"`
-	Requests    uint64         `json:"requests"`
-	Errors      uint64         `json:"errors"`
-	ErrorCodes  map[string]int `json:"error_codes,omitempty"`
-	RPS         float64        `json:"rps"`
-	MeanUS      float64        `json:"mean_us"`
-	P50US       float64        `json:"p50_us"`
-	P90US       float64        `json:"p90_us"`
-	P99US       float64        `json:"p99_us"`
-	P999US      float64        `json:"p999_us"`
-	MaxUS       float64        `json:"max_us"`
-	// CPUSeconds is this process's user+system CPU during the measured
-	// window: near Seconds × cores means the load generator, not the
-	// server, was the limit.
-	CPUSeconds float64 `json:"cpu_seconds"`
-	// ServerCPUSeconds is the CPU time of process -server-pid (on this
-	// machine) during the measured window.
-	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
-}
 
 type options struct {
 	addr, method, label string
@@ -167,7 +141,7 @@ type worker struct {
 	failed error
 }
 
-func run(o options) (*Result, error) {
+func run(o options) (*loadresult.Result, error) {
 	req := &tokenbrokerv1.GetTokenRequest{Connection: o.connection, ForceRefresh: o.forceRefresh}
 	if o.scopes != "" {
 		req.Scopes = strings.Split(o.scopes, ",")
@@ -250,7 +224,7 @@ func run(o options) (*Result, error) {
 	cpu, srv := cpuTime()-cpu0, procCPU(o.serverPID)-srv0
 
 	var h hist.Histogram
-	res := &Result{Label: o.label, Addr: o.addr, Method: o.method, Concurrency: o.workers, Conns: o.conns,
+	res := &loadresult.Result{Label: o.label, Addr: o.addr, Method: o.method, Concurrency: o.workers, Conns: o.conns,
 		Seconds: elapsed.Seconds(), CPUSeconds: cpu.Seconds(), ServerCPUSeconds: srv.Seconds(), ErrorCodes: map[string]int{}}
 	for _, w := range workers {
 		if w.failed != nil {

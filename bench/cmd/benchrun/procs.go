@@ -19,6 +19,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/tokenbroker/tokenbroker/bench/internal/loadresult"
 )
 
 type targetKind int
@@ -312,24 +314,9 @@ type loadSpec struct {
 
 // LoadResult is loadgen's JSON line plus what benchrun measured around it.
 type LoadResult struct {
-	Target      string         `json:"target"`
-	Round       int            `json:"round"`
-	Concurrency int            `json:"concurrency"`
-	Conns       int            `json:"conns"`
-	Seconds     float64        `json:"seconds"`
-	Requests    uint64         `json:"requests"`
-	Errors      uint64         `json:"errors"`
-	ErrorCodes  map[string]int `json:"error_codes,omitempty"`
-	RPS         float64        `json:"rps"`
-	MeanUS      float64        `json:"mean_us"`
-	P50US       float64        `json:"p50_us"`
-	P90US       float64        `json:"p90_us"`
-	P99US       float64        `json:"p99_us"`
-	P999US      float64        `json:"p999_us"`
-	MaxUS       float64        `json:"max_us"`
-	CPUSeconds  float64        `json:"cpu_seconds"`
-	// ServerCPUSeconds is the server's CPU time in the measured window.
-	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
+	loadresult.Result
+	Target string `json:"target"`
+	Round  int    `json:"round"`
 
 	// Broker-redis: what the whole loadgen run (warm-up included) cost.
 	Redis *RedisUse `json:"redis,omitempty"`
