@@ -38,9 +38,7 @@ import (
 // concerned; it must not sleep. Subtests run one after another, so several
 // caches may share one clock.
 //
-// The optional capabilities (cache.CompareAndDeleter, cache.SetNXer,
-// cache.GetDeleter, cache.Pinger) are tested when the cache has them, found
-// by type assertion; a subtest for a missing one is skipped, naming it.
+// Every method is tested: the contract has no optional parts.
 func Run(t *testing.T, newCache func(t *testing.T) cache.Cache, advance func(t *testing.T, c cache.Cache, d time.Duration)) {
 	s := suite{newCache: newCache, advance: advance}
 	for _, tc := range []struct {
@@ -70,6 +68,8 @@ func Run(t *testing.T, newCache func(t *testing.T) cache.Cache, advance func(t *
 		{"Concurrent", s.concurrent},
 		{"Ping", s.ping},
 		{"Lock", s.lock},
+		{"LockReads", s.lockReads},
+		{"LockCommit", s.lockCommit},
 		{"LockTakeoverAfterLapse", s.lockTakeover},
 		{"LockRace", s.lockRace},
 		{"CloseThenUse", s.closeThenUse},
@@ -153,9 +153,9 @@ func (s suite) valuesAreCopied(t *testing.T, c cache.Cache) {
 	}
 	wantValue(t, c, "k", []byte("original"))
 
-	if gd, ok := c.(cache.GetDeleter); ok {
+	{
 		mustSet(t, c, "gd", []byte("original"), 0)
-		out, err := gd.GetDel(t.Context(), "gd")
+		out, err := c.GetDel(t.Context(), "gd")
 		if err != nil {
 			t.Fatalf("GetDel(gd) error = %v", err)
 		}
@@ -165,9 +165,9 @@ func (s suite) valuesAreCopied(t *testing.T, c cache.Cache) {
 		}
 		wantValue(t, c, "gd2", []byte("original"))
 	}
-	if sn, ok := c.(cache.SetNXer); ok {
+	{
 		in := []byte("original")
-		if _, err := sn.SetNX(t.Context(), "nx", in, ttl); err != nil {
+		if _, err := c.SetNX(t.Context(), "nx", in, ttl); err != nil {
 			t.Fatalf("SetNX(nx) error = %v", err)
 		}
 		copy(in, "MUTATED!")
@@ -286,10 +286,6 @@ func (s suite) deleteMissing(t *testing.T, c cache.Cache) {
 }
 
 func (s suite) compareAndDelete(t *testing.T, c cache.Cache) {
-	cad, ok := c.(cache.CompareAndDeleter)
-	if !ok {
-		t.Skip("cache lacks cache.CompareAndDeleter")
-	}
 	for _, tt := range []struct {
 		name      string
 		stored    []byte // nil: key absent
@@ -320,7 +316,7 @@ func (s suite) compareAndDelete(t *testing.T, c cache.Cache) {
 			if tt.expire {
 				s.advance(t, c, tt.ttl+time.Second)
 			}
-			got, err := cad.CompareAndDelete(t.Context(), key, tt.old)
+			got, err := c.CompareAndDelete(t.Context(), key, tt.old)
 			if err != nil {
 				t.Fatalf("CompareAndDelete(%s) error = %v", key, err)
 			}
@@ -339,15 +335,11 @@ func (s suite) compareAndDelete(t *testing.T, c cache.Cache) {
 // compareAndDeleteRace: N callers reporting the same dead token delete it
 // once between them.
 func (s suite) compareAndDeleteRace(t *testing.T, c cache.Cache) {
-	cad, ok := c.(cache.CompareAndDeleter)
-	if !ok {
-		t.Skip("cache lacks cache.CompareAndDeleter")
-	}
 	for round := range 20 {
 		mustSet(t, c, "k", []byte("token"), ttl)
 		var wins atomic.Int32
 		race(t, func(t *testing.T) {
-			ok, err := cad.CompareAndDelete(context.Background(), "k", []byte("token"))
+			ok, err := c.CompareAndDelete(context.Background(), "k", []byte("token"))
 			if err != nil {
 				t.Errorf("CompareAndDelete(k) error = %v", err)
 			}
@@ -362,10 +354,6 @@ func (s suite) compareAndDeleteRace(t *testing.T, c cache.Cache) {
 }
 
 func (s suite) setNX(t *testing.T, c cache.Cache) {
-	sn, ok := c.(cache.SetNXer)
-	if !ok {
-		t.Skip("cache lacks cache.SetNXer")
-	}
 	for _, tt := range []struct {
 		name      string
 		stored    []byte // nil: key absent
@@ -388,7 +376,7 @@ func (s suite) setNX(t *testing.T, c cache.Cache) {
 			if tt.expire {
 				s.advance(t, c, tt.ttl+time.Second)
 			}
-			got, err := sn.SetNX(t.Context(), key, []byte("new"), ttl)
+			got, err := c.SetNX(t.Context(), key, []byte("new"), ttl)
 			if err != nil {
 				t.Fatalf("SetNX(%s) error = %v", key, err)
 			}
@@ -401,16 +389,12 @@ func (s suite) setNX(t *testing.T, c cache.Cache) {
 }
 
 func (s suite) setNXTTL(t *testing.T, c cache.Cache) {
-	sn, ok := c.(cache.SetNXer)
-	if !ok {
-		t.Skip("cache lacks cache.SetNXer")
-	}
-	if ok, err := sn.SetNX(t.Context(), "k", []byte("v"), ttl); !ok || err != nil {
+	if ok, err := c.SetNX(t.Context(), "k", []byte("v"), ttl); !ok || err != nil {
 		t.Fatalf("SetNX(k) = %v, %v; want true, nil", ok, err)
 	}
 	s.advance(t, c, ttl-time.Second)
 	wantValue(t, c, "k", []byte("v"))
-	if ok, err := sn.SetNX(t.Context(), "k", []byte("w"), ttl); ok || err != nil {
+	if ok, err := c.SetNX(t.Context(), "k", []byte("w"), ttl); ok || err != nil {
 		t.Fatalf("SetNX(k) before expiry = %v, %v; want false, nil", ok, err)
 	}
 	s.advance(t, c, 2*time.Second)
@@ -418,12 +402,8 @@ func (s suite) setNXTTL(t *testing.T, c cache.Cache) {
 }
 
 func (s suite) setNXInvalidTTL(t *testing.T, c cache.Cache) {
-	sn, ok := c.(cache.SetNXer)
-	if !ok {
-		t.Skip("cache lacks cache.SetNXer")
-	}
 	for _, d := range []time.Duration{0, -1, -time.Second} {
-		if ok, err := sn.SetNX(t.Context(), "k", []byte("v"), d); ok || !errors.Is(err, cache.ErrInvalidTTL) {
+		if ok, err := c.SetNX(t.Context(), "k", []byte("v"), d); ok || !errors.Is(err, cache.ErrInvalidTTL) {
 			t.Errorf("SetNX(k, ttl %v) = %v, %v; want false and an error wrapping %v", d, ok, err, cache.ErrInvalidTTL)
 		}
 	}
@@ -432,15 +412,11 @@ func (s suite) setNXInvalidTTL(t *testing.T, c cache.Cache) {
 
 // setNXRace: of N callers claiming one marker, one wins.
 func (s suite) setNXRace(t *testing.T, c cache.Cache) {
-	sn, ok := c.(cache.SetNXer)
-	if !ok {
-		t.Skip("cache lacks cache.SetNXer")
-	}
 	for round := range 20 {
 		key := fmt.Sprintf("nx-race:%d", round)
 		var wins atomic.Int32
 		race(t, func(t *testing.T) {
-			ok, err := sn.SetNX(context.Background(), key, []byte("v"), ttl)
+			ok, err := c.SetNX(context.Background(), key, []byte("v"), ttl)
 			if err != nil {
 				t.Errorf("SetNX(%s) error = %v", key, err)
 			}
@@ -455,10 +431,6 @@ func (s suite) setNXRace(t *testing.T, c cache.Cache) {
 }
 
 func (s suite) getDel(t *testing.T, c cache.Cache) {
-	gd, ok := c.(cache.GetDeleter)
-	if !ok {
-		t.Skip("cache lacks cache.GetDeleter")
-	}
 	for _, tt := range []struct {
 		name string
 		ttl  time.Duration
@@ -469,25 +441,25 @@ func (s suite) getDel(t *testing.T, c cache.Cache) {
 		t.Run(tt.name, func(t *testing.T) {
 			want := []byte("single-use")
 			mustSet(t, c, "k", want, tt.ttl)
-			got, err := gd.GetDel(t.Context(), "k")
+			got, err := c.GetDel(t.Context(), "k")
 			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("GetDel(k) = %s, %v; want %s, nil", describe(got), err, describe(want))
 			}
-			if got, err := gd.GetDel(t.Context(), "k"); !errors.Is(err, cache.ErrNotFound) {
+			if got, err := c.GetDel(t.Context(), "k"); !errors.Is(err, cache.ErrNotFound) {
 				t.Errorf("second GetDel(k) = %s, %v; want error wrapping %v", describe(got), err, cache.ErrNotFound)
 			}
 			wantNotFound(t, c, "k")
 		})
 	}
 	t.Run("missing", func(t *testing.T) {
-		if got, err := gd.GetDel(t.Context(), "missing"); !errors.Is(err, cache.ErrNotFound) {
+		if got, err := c.GetDel(t.Context(), "missing"); !errors.Is(err, cache.ErrNotFound) {
 			t.Errorf("GetDel(missing) = %s, %v; want error wrapping %v", describe(got), err, cache.ErrNotFound)
 		}
 	})
 	t.Run("expired", func(t *testing.T) {
 		mustSet(t, c, "exp", []byte("v"), ttl)
 		s.advance(t, c, ttl+time.Second)
-		if got, err := gd.GetDel(t.Context(), "exp"); !errors.Is(err, cache.ErrNotFound) {
+		if got, err := c.GetDel(t.Context(), "exp"); !errors.Is(err, cache.ErrNotFound) {
 			t.Errorf("GetDel(exp) after expiry = %s, %v; want error wrapping %v", describe(got), err, cache.ErrNotFound)
 		}
 	})
@@ -495,15 +467,11 @@ func (s suite) getDel(t *testing.T, c cache.Cache) {
 
 // getDelRace: two replicas racing on a single-use value see it at most once.
 func (s suite) getDelRace(t *testing.T, c cache.Cache) {
-	gd, ok := c.(cache.GetDeleter)
-	if !ok {
-		t.Skip("cache lacks cache.GetDeleter")
-	}
 	for round := range 20 {
 		mustSet(t, c, "k", []byte("code"), ttl)
 		var wins atomic.Int32
 		race(t, func(t *testing.T) {
-			v, err := gd.GetDel(context.Background(), "k")
+			v, err := c.GetDel(context.Background(), "k")
 			switch {
 			case err == nil && bytes.Equal(v, []byte("code")):
 				wins.Add(1)
@@ -528,9 +496,6 @@ func (s suite) concurrent(t *testing.T, c cache.Cache) {
 		ops     = 150
 	)
 	keys := []string{"c0", "c1", "c2", "c3"}
-	cad, hasCAD := c.(cache.CompareAndDeleter)
-	sn, hasNX := c.(cache.SetNXer)
-	gd, hasGD := c.(cache.GetDeleter)
 	check := func(t *testing.T, op, key string, v []byte) {
 		if !wellFormed(v) {
 			t.Errorf("%s(%s) returned a value that no writer stored (%s)", op, key, describe(v))
@@ -559,18 +524,13 @@ func (s suite) concurrent(t *testing.T, c cache.Cache) {
 				case 3:
 					err = c.Delete(ctx, key)
 				case 4:
-					if hasCAD {
-						_, err = cad.CompareAndDelete(ctx, key, mine)
-					}
-					if hasNX && err == nil {
-						_, err = sn.SetNX(ctx, key, mine, ttl)
+					if _, err = c.CompareAndDelete(ctx, key, mine); err == nil {
+						_, err = c.SetNX(ctx, key, mine, ttl)
 					}
 				case 5:
-					if hasGD {
-						var v []byte
-						if v, err = gd.GetDel(ctx, key); err == nil {
-							check(t, "GetDel", key, v)
-						}
+					var v []byte
+					if v, err = c.GetDel(ctx, key); err == nil {
+						check(t, "GetDel", key, v)
 					}
 				}
 				if err != nil && !errors.Is(err, cache.ErrNotFound) {
@@ -598,11 +558,7 @@ func wellFormed(v []byte) bool {
 }
 
 func (s suite) ping(t *testing.T, c cache.Cache) {
-	p, ok := c.(cache.Pinger)
-	if !ok {
-		t.Skip("cache lacks cache.Pinger")
-	}
-	if err := p.Ping(t.Context()); err != nil {
+	if err := c.Ping(t.Context()); err != nil {
 		t.Errorf("Ping() = %v; want nil", err)
 	}
 }
@@ -621,30 +577,11 @@ func (s suite) closeThenUse(t *testing.T, c cache.Cache) {
 		{"Set", func() error { return c.Set(ctx, "k", []byte("v"), 0) }},
 		{"Delete", func() error { return c.Delete(ctx, "k") }},
 		{"Close", c.Close},
-	}
-	if cad, ok := c.(cache.CompareAndDeleter); ok {
-		calls = append(calls, struct {
-			name string
-			call func() error
-		}{"CompareAndDelete", func() error { _, err := cad.CompareAndDelete(ctx, "k", []byte("v")); return err }})
-	}
-	if sn, ok := c.(cache.SetNXer); ok {
-		calls = append(calls, struct {
-			name string
-			call func() error
-		}{"SetNX", func() error { _, err := sn.SetNX(ctx, "k2", []byte("v"), ttl); return err }})
-	}
-	if gd, ok := c.(cache.GetDeleter); ok {
-		calls = append(calls, struct {
-			name string
-			call func() error
-		}{"GetDel", func() error { _, err := gd.GetDel(ctx, "k"); return err }})
-	}
-	if p, ok := c.(cache.Pinger); ok {
-		calls = append(calls, struct {
-			name string
-			call func() error
-		}{"Ping", func() error { return p.Ping(ctx) }})
+		{"CompareAndDelete", func() error { _, err := c.CompareAndDelete(ctx, "k", []byte("v")); return err }},
+		{"SetNX", func() error { _, err := c.SetNX(ctx, "k2", []byte("v"), ttl); return err }},
+		{"GetDel", func() error { _, err := c.GetDel(ctx, "k"); return err }},
+		{"Ping", func() error { return c.Ping(ctx) }},
+		{"TryLock", func() error { _, _, err := c.TryLock(ctx, "{k}", ttl); return err }},
 	}
 	for _, tt := range calls {
 		if err := tt.call(); !errors.Is(err, cache.ErrClosed) {

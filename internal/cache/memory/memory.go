@@ -30,9 +30,7 @@ type Options struct {
 	StateFile string
 }
 
-// Cache is an in-memory cache.Cache. It also implements
-// cache.CompareAndDeleter, cache.SetNXer, cache.GetDeleter and cache.Pinger.
-// All methods are safe for concurrent use; reads of different keys, and
+// Cache is an in-memory cache.Cache. All methods are safe for concurrent use; reads of different keys, and
 // concurrent reads of one key, do not block each other.
 //
 // Errors: a missing or expired key wraps cache.ErrNotFound, a negative TTL
@@ -57,13 +55,7 @@ type Cache struct {
 	savedTo uint64 // guarded by saveMu
 }
 
-var (
-	_ cache.Cache             = (*Cache)(nil)
-	_ cache.CompareAndDeleter = (*Cache)(nil)
-	_ cache.SetNXer           = (*Cache)(nil)
-	_ cache.GetDeleter        = (*Cache)(nil)
-	_ cache.Pinger            = (*Cache)(nil)
-)
+var _ cache.Cache = (*Cache)(nil)
 
 // numShards spreads lock contention; a power of two so the shard is a mask.
 const numShards = 32
@@ -172,7 +164,7 @@ func (c *Cache) Delete(_ context.Context, key string) error {
 	return c.save("delete", seq)
 }
 
-// CompareAndDelete implements cache.CompareAndDeleter. An expired entry
+// CompareAndDelete implements cache.Cache. An expired entry
 // never matches.
 func (c *Cache) CompareAndDelete(_ context.Context, key string, old []byte) (bool, error) {
 	if c.closed.Load() {
@@ -192,7 +184,7 @@ func (c *Cache) CompareAndDelete(_ context.Context, key string, old []byte) (boo
 	return true, c.save("compare and delete", seq)
 }
 
-// SetNX implements cache.SetNXer. ttl must be > 0: a single-use marker that
+// SetNX implements cache.Cache. ttl must be > 0: a single-use marker that
 // never expires would never be reclaimed, so ttl <= 0 wraps
 // cache.ErrInvalidTTL.
 func (c *Cache) SetNX(_ context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
@@ -216,7 +208,7 @@ func (c *Cache) SetNX(_ context.Context, key string, value []byte, ttl time.Dura
 	return true, nil
 }
 
-// GetDel implements cache.GetDeleter.
+// GetDel implements cache.Cache.
 func (c *Cache) GetDel(_ context.Context, key string) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, fmt.Errorf("memory: getdel: %w", cache.ErrClosed)
@@ -240,7 +232,7 @@ func (c *Cache) GetDel(_ context.Context, key string) ([]byte, error) {
 	return clone(e.value), nil
 }
 
-// Ping implements cache.Pinger: it fails only after Close.
+// Ping implements cache.Cache: it fails only after Close.
 func (c *Cache) Ping(context.Context) error {
 	if c.closed.Load() {
 		return fmt.Errorf("memory: ping: %w", cache.ErrClosed)

@@ -32,8 +32,7 @@ type Options struct {
 	Prefix string
 }
 
-// Cache is a cache.Cache on Redis. It also implements
-// cache.CompareAndDeleter, cache.SetNXer, cache.GetDeleter and cache.Pinger.
+// Cache is a cache.Cache on Redis. It also implements cache.Publisher.
 // All methods are safe for concurrent use.
 //
 // Errors: a missing or expired key wraps cache.ErrNotFound; a negative TTL
@@ -50,11 +49,8 @@ type Cache struct {
 }
 
 var (
-	_ cache.Cache             = (*Cache)(nil)
-	_ cache.CompareAndDeleter = (*Cache)(nil)
-	_ cache.SetNXer           = (*Cache)(nil)
-	_ cache.GetDeleter        = (*Cache)(nil)
-	_ cache.Pinger            = (*Cache)(nil)
+	_ cache.Cache     = (*Cache)(nil)
+	_ cache.Publisher = (*Cache)(nil)
 )
 
 // New returns a Cache using o.Client. It does not contact Redis; use Ping
@@ -114,7 +110,7 @@ func (c *Cache) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// CompareAndDelete implements cache.CompareAndDeleter with a Lua script,
+// CompareAndDelete implements cache.Cache with a Lua script,
 // sent by digest (EVALSHA) and in full only when the server lacks it.
 func (c *Cache) CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error) {
 	if c.closed.Load() {
@@ -127,7 +123,7 @@ func (c *Cache) CompareAndDelete(ctx context.Context, key string, old []byte) (b
 	return n == 1, nil
 }
 
-// SetNX implements cache.SetNXer with SET NX PX. ttl must be > 0: a
+// SetNX implements cache.Cache with SET NX PX. ttl must be > 0: a
 // single-use marker that never expires would never be reclaimed, so ttl <= 0
 // wraps cache.ErrInvalidTTL.
 func (c *Cache) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
@@ -144,7 +140,7 @@ func (c *Cache) SetNX(ctx context.Context, key string, value []byte, ttl time.Du
 	return ok, nil
 }
 
-// GetDel implements cache.GetDeleter with GETDEL (Redis 6.2 or later).
+// GetDel implements cache.Cache with GETDEL (Redis 6.2 or later).
 func (c *Cache) GetDel(ctx context.Context, key string) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, fmt.Errorf("redis: getdel: %w", cache.ErrClosed)
@@ -156,7 +152,7 @@ func (c *Cache) GetDel(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
-// Ping implements cache.Pinger with PING. In a Cluster it asks one node.
+// Ping implements cache.Cache with PING. In a Cluster it asks one node.
 func (c *Cache) Ping(ctx context.Context) error {
 	if c.closed.Load() {
 		return fmt.Errorf("redis: ping: %w", cache.ErrClosed)

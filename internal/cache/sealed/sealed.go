@@ -30,10 +30,7 @@ import (
 )
 
 // Cache is a cache.Cache that stores its values sealed in an inner cache.
-// It implements cache.CompareAndDeleter, cache.SetNXer, cache.GetDeleter,
-// cache.Pinger and cache.Locker whatever the inner cache is; when the inner
-// cache lacks one, that method fails with an error wrapping
-// errors.ErrUnsupported. It also implements cache.Publisher: see Publish.
+// It also implements cache.Publisher: see Publish.
 // All methods are safe for concurrent use if the inner cache's are.
 //
 // Errors from the inner cache are returned unchanged (cache.ErrNotFound,
@@ -46,13 +43,8 @@ type Cache struct {
 }
 
 var (
-	_ cache.Cache             = (*Cache)(nil)
-	_ cache.CompareAndDeleter = (*Cache)(nil)
-	_ cache.SetNXer           = (*Cache)(nil)
-	_ cache.GetDeleter        = (*Cache)(nil)
-	_ cache.Pinger            = (*Cache)(nil)
-	_ cache.Locker            = (*Cache)(nil)
-	_ cache.Publisher         = (*Cache)(nil)
+	_ cache.Cache     = (*Cache)(nil)
+	_ cache.Publisher = (*Cache)(nil)
 )
 
 // New returns a Cache sealing values with kr into inner, reading nonces
@@ -99,19 +91,15 @@ func (c *Cache) Delete(ctx context.Context, key string) error {
 	return c.inner.Delete(ctx, key)
 }
 
-// CompareAndDelete implements cache.CompareAndDeleter. old is a plaintext
-// (what Get returned), while the inner cache compares sealed values, whose
-// nonces differ even for equal plaintexts. So it reads the sealed value,
-// opens it and compares the plaintext with old in constant time, then asks
-// the inner cache to delete the key only if it still holds that same sealed
-// value: the deletion stays atomic. If the value was replaced meanwhile, it
-// starts over. A stored value that cannot be opened does not match; the
-// error wraps ErrDecrypt.
+// CompareAndDelete implements cache.Cache. old is a plaintext (what Get
+// returned), while the inner cache compares sealed values, whose nonces
+// differ even for equal plaintexts. So it reads the sealed value, opens it
+// and compares the plaintext with old in constant time, then asks the inner
+// cache to delete the key only if it still holds that same sealed value: the
+// deletion stays atomic. If the value was replaced meanwhile, it starts
+// over. A stored value that cannot be opened does not match; the error wraps
+// ErrDecrypt.
 func (c *Cache) CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error) {
-	cad, ok := c.inner.(cache.CompareAndDeleter)
-	if !ok {
-		return false, unsupported("compare and delete", c.inner, "cache.CompareAndDeleter")
-	}
 	for range maxCADAttempts {
 		sealed, err := c.inner.Get(ctx, key)
 		if errors.Is(err, cache.ErrNotFound) {
@@ -127,7 +115,7 @@ func (c *Cache) CompareAndDelete(ctx context.Context, key string, old []byte) (b
 		if subtle.ConstantTimeCompare(plain, old) != 1 {
 			return false, nil
 		}
-		if ok, err := cad.CompareAndDelete(ctx, key, sealed); ok || err != nil {
+		if ok, err := c.inner.CompareAndDelete(ctx, key, sealed); ok || err != nil {
 			return ok, err
 		}
 	}
@@ -136,12 +124,8 @@ func (c *Cache) CompareAndDelete(ctx context.Context, key string, old []byte) (b
 	return false, nil
 }
 
-// SetNX implements cache.SetNXer.
+// SetNX implements cache.Cache.
 func (c *Cache) SetNX(ctx context.Context, key string, value []byte, ttl time.Duration) (bool, error) {
-	sn, ok := c.inner.(cache.SetNXer)
-	if !ok {
-		return false, unsupported("setnx", c.inner, "cache.SetNXer")
-	}
 	if ttl <= 0 {
 		return false, fmt.Errorf("sealed: setnx: ttl must be > 0: %w", cache.ErrInvalidTTL)
 	}
@@ -149,62 +133,75 @@ func (c *Cache) SetNX(ctx context.Context, key string, value []byte, ttl time.Du
 	if err != nil {
 		return false, fmt.Errorf("sealed: setnx: %w", err)
 	}
-	return sn.SetNX(ctx, key, v, ttl)
+	return c.inner.SetNX(ctx, key, v, ttl)
 }
 
-// GetDel implements cache.GetDeleter. A value that cannot be opened is
-// deleted all the same, and the error wraps ErrDecrypt.
+// GetDel implements cache.Cache. A value that cannot be opened is deleted
+// all the same, and the error wraps ErrDecrypt.
 func (c *Cache) GetDel(ctx context.Context, key string) ([]byte, error) {
-	gd, ok := c.inner.(cache.GetDeleter)
-	if !ok {
-		return nil, unsupported("getdel", c.inner, "cache.GetDeleter")
-	}
-	v, err := gd.GetDel(ctx, key)
+	v, err := c.inner.GetDel(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	return c.kr.Open(key, v)
 }
 
-// Ping implements cache.Pinger.
-func (c *Cache) Ping(ctx context.Context) error {
-	p, ok := c.inner.(cache.Pinger)
-	if !ok {
-		return unsupported("ping", c.inner, "cache.Pinger")
+// Ping implements cache.Cache.
+func (c *Cache) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
+
+// TryLock implements cache.Cache with the inner cache's leases, opening the
+// values read. Lock values are random and hold no secret; what a lease
+// writes is sealed. A value read that cannot be opened fails the call (the
+// lease, if taken, is released) with an error wrapping ErrDecrypt.
+func (c *Cache) TryLock(ctx context.Context, name string, ttl time.Duration, keys ...string) (cache.Lease, [][]byte, error) {
+	inner, sealed, err := c.inner.TryLock(ctx, name, ttl, keys...)
+	if sealed == nil {
+		return nil, nil, err
 	}
-	return p.Ping(ctx)
+	values := make([][]byte, len(sealed))
+	for i, v := range sealed {
+		if v == nil {
+			continue
+		}
+		plain, oerr := c.kr.Open(keys[i], v)
+		if oerr != nil {
+			if inner != nil {
+				_ = inner.Release(ctx)
+			}
+			return nil, nil, oerr
+		}
+		values[i] = plain
+	}
+	if inner == nil {
+		return nil, values, err
+	}
+	return &lease{Lease: inner, c: c}, values, nil
 }
 
-// TryLock implements cache.Locker with the inner cache's leases. Lock
-// values are random and hold no secret; what a lease writes is sealed.
-func (c *Cache) TryLock(ctx context.Context, name string, ttl time.Duration) (cache.Lease, error) {
-	l, ok := c.inner.(cache.Locker)
-	if !ok {
-		return nil, unsupported("lock", c.inner, "cache.Locker")
-	}
-	inner, err := l.TryLock(ctx, name, ttl)
-	if err != nil {
-		return nil, err
-	}
-	return &lease{Lease: inner, c: c}, nil
-}
-
-// A lease seals what SetIfHeld writes; Renew and Release are the inner
+// A lease seals what Commit writes; Renew and Release are the inner
 // lease's.
 type lease struct {
 	cache.Lease
 	c *Cache
 }
 
-func (l *lease) SetIfHeld(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("sealed: set if held: %w", cache.ErrInvalidTTL)
+func (l *lease) Commit(ctx context.Context, writes ...cache.Write) error {
+	sealed := make([]cache.Write, len(writes))
+	for i, w := range writes {
+		sealed[i] = w
+		if w.Delete {
+			continue
+		}
+		if w.TTL < 0 {
+			return fmt.Errorf("sealed: commit: %w", cache.ErrInvalidTTL)
+		}
+		v, err := l.c.kr.Seal(l.c.rand, w.Key, w.Value)
+		if err != nil {
+			return fmt.Errorf("sealed: commit: %w", err)
+		}
+		sealed[i].Value = v
 	}
-	v, err := l.c.kr.Seal(l.c.rand, key, value)
-	if err != nil {
-		return fmt.Errorf("sealed: set if held: %w", err)
-	}
-	return l.Lease.SetIfHeld(ctx, key, v, ttl)
+	return l.Lease.Commit(ctx, sealed...)
 }
 
 // Publish implements cache.Publisher with the inner cache's. Messages are
@@ -235,7 +232,3 @@ func (c *Cache) Subscribe(ctx context.Context, channel string, fn func(msg []byt
 
 // Close closes the inner cache.
 func (c *Cache) Close() error { return c.inner.Close() }
-
-func unsupported(op string, inner cache.Cache, iface string) error {
-	return fmt.Errorf("sealed: %s: inner cache %T is not a %s: %w", op, inner, iface, errors.ErrUnsupported)
-}

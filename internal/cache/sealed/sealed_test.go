@@ -171,14 +171,11 @@ func TestRotationThroughCache(t *testing.T) {
 	if ok, err := after.SetNX(ctx, "authstate:s", []byte("state"), time.Minute); !ok || err != nil {
 		t.Fatalf("SetNX() = %v, %v", ok, err)
 	}
-	lease, err := after.TryLock(ctx, "{c}", time.Minute)
+	lease, _, err := after.TryLock(ctx, "{c}", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lease.SetIfHeld(ctx, "grant:{c}", []byte("leased"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := lease.Release(ctx); err != nil {
+	if err := lease.Commit(ctx, cache.Write{Key: "grant:{c}", Value: []byte("leased")}); err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"grant:b", "grant:a", "authstate:s", "grant:{c}"} {
@@ -275,29 +272,19 @@ func writeSecrets(t *testing.T, c cache.Cache) {
 	set("device:raw", []byte(s["device secret"]), 0)
 	set("getdel:raw", []byte(s["single-use tok"]), 0)
 	set("token:raw", []byte(s["access token"]), time.Hour)
-	nx, ok := c.(cache.SetNXer)
-	if !ok {
-		t.Fatal("cache is not a SetNXer")
-	}
 	state, _ := json.Marshal(map[string]any{"state": s["auth state"], "verifier": s["pkce verifier"]})
-	if ok, err := nx.SetNX(ctx, "authstate:x", state, time.Minute); !ok || err != nil {
+	if ok, err := c.SetNX(ctx, "authstate:x", state, time.Minute); !ok || err != nil {
 		t.Fatalf("SetNX(authstate:x) = %v, %v", ok, err)
 	}
-	l, ok := c.(cache.Locker)
-	if !ok {
-		t.Fatal("cache is not a Locker")
-	}
-	lease, err := l.TryLock(ctx, "{leased}", time.Minute)
+	lease, _, err := c.TryLock(ctx, "{leased}", time.Minute)
 	if err != nil {
 		t.Fatalf("TryLock() = %v", err)
 	}
-	defer lease.Release(ctx)
 	rotated, _ := json.Marshal(map[string]any{"refresh_token": s["refresh token"] + "-rotated"})
-	if err := lease.SetIfHeld(ctx, "grant:{leased}", rotated, 0); err != nil {
-		t.Fatalf("SetIfHeld(grant:{leased}) = %v", err)
-	}
-	if err := lease.SetIfHeld(ctx, "token:{leased}", []byte(s["access token"]), time.Hour); err != nil {
-		t.Fatalf("SetIfHeld(token:{leased}) = %v", err)
+	if err := lease.Commit(ctx,
+		cache.Write{Key: "grant:{leased}", Value: rotated},
+		cache.Write{Key: "token:{leased}", Value: []byte(s["access token"]), TTL: time.Hour}); err != nil {
+		t.Fatalf("Commit(grant:{leased}, token:{leased}) = %v", err)
 	}
 }
 
@@ -437,37 +424,6 @@ func TestCompareAndDeletePlaintext(t *testing.T) {
 	}
 }
 
-// TestUnsupported: an inner cache without the optional interfaces makes
-// their methods fail with errors.ErrUnsupported, and the rest work.
-func TestUnsupported(t *testing.T) {
-	inner := struct{ cache.Cache }{newMemory(t, memory.Options{})}
-	c := sealed.New(inner, newKeyring(t, "k1"), nil)
-	ctx := t.Context()
-	if err := c.Set(ctx, "k", []byte("v"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := c.Get(ctx, "k"); err != nil || string(got) != "v" {
-		t.Errorf("Get(k) = <%d bytes>, %v; want the value", len(got), err)
-	}
-	for _, tt := range []struct {
-		name string
-		call func() error
-	}{
-		{"CompareAndDelete", func() error { _, err := c.CompareAndDelete(ctx, "k", []byte("v")); return err }},
-		{"SetNX", func() error { _, err := c.SetNX(ctx, "k2", []byte("v"), time.Minute); return err }},
-		{"GetDel", func() error { _, err := c.GetDel(ctx, "k"); return err }},
-		{"Ping", func() error { return c.Ping(ctx) }},
-		{"TryLock", func() error { _, err := c.TryLock(ctx, "{n}", time.Minute); return err }},
-	} {
-		if err := tt.call(); !errors.Is(err, errors.ErrUnsupported) {
-			t.Errorf("%s with an inner cache lacking it = %v; want error wrapping errors.ErrUnsupported", tt.name, err)
-		}
-	}
-	if got, err := c.Get(ctx, "k"); err != nil || string(got) != "v" {
-		t.Errorf("Get(k) after the unsupported calls = <%d bytes>, %v; want the value untouched", len(got), err)
-	}
-}
-
 // TestPublisher: messages pass through to an inner cache that has
 // pub/sub, and go nowhere, without error, when it has none.
 func TestPublisher(t *testing.T) {
@@ -524,12 +480,12 @@ func TestRandomnessFailure(t *testing.T) {
 	if ok, err := c.SetNX(ctx, "k", []byte("v"), time.Minute); ok || err == nil {
 		t.Errorf("SetNX() with failing randomness = %v, %v; want false and an error", ok, err)
 	}
-	lease, err := c.TryLock(ctx, "{k}", time.Minute)
+	lease, _, err := c.TryLock(ctx, "{k}", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lease.SetIfHeld(ctx, "k", []byte("v"), 0); err == nil {
-		t.Error("SetIfHeld() with failing randomness = nil; want an error")
+	if err := lease.Commit(ctx, cache.Write{Key: "k", Value: []byte("v")}); err == nil {
+		t.Error("Commit() with failing randomness = nil; want an error")
 	}
 	if _, err := inner.Get(ctx, "k"); !errors.Is(err, cache.ErrNotFound) {
 		t.Errorf("inner Get(k) = %v; want ErrNotFound: nothing written", err)
