@@ -423,10 +423,10 @@ func adminHandler(c cache.Cache, b *broker.Broker, m *metrics.Metrics, draining 
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		if p, ok := c.(cache.Pinger); ok {
+		{
 			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 			defer cancel()
-			if err := p.Ping(ctx); err != nil {
+			if err := c.Ping(ctx); err != nil {
 				// Still ready: warm tokens come from memory and cold ones
 				// straight from the upstream. Taking every replica out of
 				// the Service because Redis is down would be an outage.
@@ -459,11 +459,7 @@ const CacheHealthService = "tokenbroker.v1.SharedCache"
 // watchCache pings the shared cache every few seconds and reports it through
 // the health service and the log.
 func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog.Logger) {
-	p, ok := c.(cache.Pinger)
-	if !ok {
-		hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_SERVING)
-		return
-	}
+	p := c
 	t := time.NewTicker(3 * time.Second)
 	defer t.Stop()
 	healthy := true

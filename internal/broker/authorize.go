@@ -71,17 +71,13 @@ func (b *Broker) StartAuthorization(ctx context.Context, connection string) (aut
 	if err != nil {
 		return "", "", time.Time{}, err
 	}
-	nx, _, err := b.singleUse()
-	if err != nil {
-		return "", "", time.Time{}, err
-	}
 	buf := make([]byte, authStateRandomBytes)
 	_, _ = rand.Read(buf) // never fails (crypto/rand, Go 1.24+)
 	state = base64.RawURLEncoding.EncodeToString(buf)
 	expires = b.now().Add(AuthStateTTL)
 	verifier := oauth2.GenerateVerifier() // RFC 7636; used by providers with PKCE on
 	rec, _ := json.Marshal(authStateRecord{V: 1, Conn: c.Name, Exp: expires.UnixMilli(), Verifier: verifier})
-	ok, err := nx.SetNX(ctx, authStateKey(state), rec, AuthStateTTL)
+	ok, err := b.store.SetNX(ctx, authStateKey(state), rec, AuthStateTTL)
 	switch {
 	case err != nil:
 		return "", "", time.Time{}, fmt.Errorf("%w: store authorization state: %w", ErrStore, err)
@@ -123,17 +119,13 @@ func (b *Broker) HandleAuthorizationResponse(ctx context.Context, r Authorizatio
 			return "", err
 		}
 	}
-	nx, _, err := b.singleUse()
-	if err != nil {
-		return "", err
-	}
 	key := authResultKey(r)
 	pendingTTL := b.fetchTimeout + 30*time.Second
 	pending, _ := json.Marshal(authResultRecord{V: 1, Pending: true})
 	deadline := time.Now().Add(pendingTTL) // a real wait, not a token's clock
 	wait := authPollInitial
 	for {
-		won, err := nx.SetNX(ctx, key, pending, pendingTTL)
+		won, err := b.store.SetNX(ctx, key, pending, pendingTTL)
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrStore, err)
 		}
@@ -144,7 +136,7 @@ func (b *Broker) HandleAuthorizationResponse(ctx context.Context, r Authorizatio
 			defer cancel()
 			return b.complete(cctx, r, key)
 		}
-		raw, err := b.cache.Get(ctx, key)
+		raw, err := b.store.Get(ctx, key)
 		switch {
 		case errors.Is(err, cache.ErrNotFound):
 			// The owner gave up without spending anything: try to own it.
@@ -182,7 +174,7 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 	name, verifier, err := b.consumeState(ctx, r.State, r.Connection)
 	if err != nil {
 		// Nothing was spent: drop the marker so it answers for nothing.
-		if derr := b.cache.Delete(ctx, key); derr != nil {
+		if derr := b.store.Delete(ctx, key); derr != nil {
 			b.log.WarnContext(ctx, "could not drop an authorization marker", "err", derr)
 		}
 		return "", err
@@ -192,7 +184,7 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 	if outcome != nil {
 		b.log.WarnContext(ctx, "authorization failed", "connection", name, "err", outcome)
 	}
-	if err := b.cache.Set(ctx, key, encodeAuthResult(name, outcome), authResultTTL); err != nil {
+	if err := b.store.Set(ctx, key, encodeAuthResult(name, outcome), authResultTTL); err != nil {
 		// Repeats now see neither the marker's outcome nor the state:
 		// they are refused, which is safe.
 		b.log.WarnContext(ctx, "could not record an authorization outcome", "connection", name, "err", err)
@@ -204,12 +196,8 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 // and the PKCE code verifier kept with it.
 // A state bound to another connection than want ("" for any) is kept.
 func (b *Broker) consumeState(ctx context.Context, state, want string) (connection, verifier string, err error) {
-	_, gd, err := b.singleUse()
-	if err != nil {
-		return "", "", err
-	}
 	key := authStateKey(state)
-	raw, err := b.cache.Get(ctx, key)
+	raw, err := b.store.Get(ctx, key)
 	if errors.Is(err, cache.ErrNotFound) {
 		return "", "", fmt.Errorf("%w: unknown, expired or already used; start the authorization again", ErrInvalidState)
 	}
@@ -223,7 +211,7 @@ func (b *Broker) consumeState(ctx context.Context, state, want string) (connecti
 	if want != "" && rec.Conn != want {
 		return "", "", fmt.Errorf("%w: it was issued for another connection", ErrInvalidState)
 	}
-	if _, err := gd.GetDel(ctx, key); errors.Is(err, cache.ErrNotFound) {
+	if _, err := b.store.GetDel(ctx, key); errors.Is(err, cache.ErrNotFound) {
 		return "", "", fmt.Errorf("%w: already used; start the authorization again", ErrInvalidState)
 	} else if err != nil {
 		return "", "", fmt.Errorf("%w: %w", ErrStore, err)
@@ -238,34 +226,47 @@ func (b *Broker) consumeState(ctx context.Context, state, want string) (connecti
 }
 
 // redeem handles the upstream's answer for connection c: an error, or a code
-// to exchange. On success the grant is stored and the token cached.
+// to exchange. On success the new grant replaces the old one whole, under
+// the connection's lease (waiting for a refresh in flight on another
+// replica), in one fenced write with the token that came with it; tokens
+// other replicas hold in L1 are dropped by announcement.
 func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse, verifier string) error {
 	if r.Error != "" {
 		return fmt.Errorf("authorization of %q not granted: %w", c.Name,
 			&providers.OAuthError{Code: r.Error, Description: r.ErrorDescription})
 	}
-	az := c.Provider.(providers.Authorizer) // consumeState checked it
+	var lease cache.Lease
+	var values [][]byte
+	if err := b.waitForLease(ctx, c, lockName(c, ""), nil, nil, &lease, &values); err != nil {
+		// Nothing spent yet: the person can retry with a new authorization.
+		return fmt.Errorf("%w: take the connection's lease: %w", ErrStore, err)
+	}
+	stopRenewing := b.keepRenewed(ctx, c, lease)
+	defer stopRenewing()
 	start := b.now()
-	t, err := az.Exchange(ctx, r.Code, verifier)
+	t, err := c.authorizer.Exchange(ctx, r.Code, verifier)
+	if err == nil && !t.Expiry.After(b.now()) {
+		err = fmt.Errorf("%w: token expired on arrival (expiry %s)", providers.ErrInvalidResponse, t.Expiry.UTC().Format(time.RFC3339))
+	}
 	if err != nil {
+		stopRenewing()
+		_ = lease.Release(ctx)
 		return err
 	}
 	now := b.now()
-	if !t.Expiry.After(now) {
-		return fmt.Errorf("%w: token expired on arrival (expiry %s)", providers.ErrInvalidResponse, t.Expiry.UTC().Format(time.RFC3339))
-	}
 	if t.Grant == nil {
 		t.Grant = &providers.Grant{Scopes: t.Scopes}
 	}
 	// A new authorization replaces the old grant whole: nothing of it is
-	// merged in (old == nil).
-	c.grantMu.Lock()
-	err = b.saveGrant(ctx, c.Name, nil, t)
-	c.grantMu.Unlock()
+	// merged in.
+	g := b.merge(c, nil, t)
+	raw, err := encodeGrant(g)
 	if err != nil {
-		return err
+		stopRenewing()
+		_ = lease.Release(ctx)
+		return fmt.Errorf("%w: %w", ErrStore, err)
 	}
-
+	writes := []cache.Write{{Key: grantKey(c.Name), Value: raw}}
 	tok := &Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: t.Expiry, Scopes: t.Scopes}
 	skew := min(c.Skew, t.Expiry.Sub(start)/2)
 	fresh := t.Expiry.Add(-skew)
@@ -277,14 +278,17 @@ func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse, v
 			keys = append(keys, tokenKey(c.Name, scopes))
 		}
 		for _, k := range keys {
-			if err := b.cache.Set(ctx, k, encodeToken(tok, fresh, c.subject), ttl); err != nil {
-				b.log.WarnContext(ctx, "cache write failed", "key", k, "err", err)
-			}
+			writes = append(writes, cache.Write{Key: k, Value: encodeToken(tok, fresh, c.subject), TTL: ttl})
 		}
 	}
-	c.setExpiry(t.Expiry)
+	stopRenewing()
+	if err := b.commit(ctx, c, lease, writes); err != nil {
+		return err
+	}
+	b.announceConnection(ctx, c)
+	c.served(t.Expiry, t.Expiry.Sub(start))
 	b.log.InfoContext(ctx, "authorization completed", "connection", c.Name, "scopes", t.Scopes,
-		"refreshable", !t.Grant.RefreshToken.IsZero(), "expires_at", t.Expiry.UTC())
+		"refreshable", !g.RefreshToken.IsZero(), "expires_at", t.Expiry.UTC())
 	return nil
 }
 
@@ -300,17 +304,6 @@ func (b *Broker) authorizer(name string) (*conn, providers.Authorizer, error) {
 			providers.ErrNotSupported, c.Name, c.Type)
 	}
 	return c, az, nil
-}
-
-// singleUse returns the cache's atomic operations that single-use states
-// need.
-func (b *Broker) singleUse() (cache.SetNXer, cache.GetDeleter, error) {
-	nx, ok1 := b.cache.(cache.SetNXer)
-	gd, ok2 := b.cache.(cache.GetDeleter)
-	if !ok1 || !ok2 {
-		return nil, nil, fmt.Errorf("%w: the cache cannot keep single-use authorization states", ErrStore)
-	}
-	return nx, gd, nil
 }
 
 func (r *AuthorizationResponse) check() error {

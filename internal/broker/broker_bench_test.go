@@ -126,7 +126,7 @@ func BenchmarkDecodeToken(b *testing.B) {
 	b.ReportAllocs()
 	stop := cpuMeter(b)
 	for b.Loop() {
-		if _, err := decodeToken(raw); err != nil {
+		if _, _, err := decodeToken(raw); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -27,6 +27,14 @@ type tokenRecord struct {
 	F int64    `json:"f"` // fresh until, Unix ms
 	S []string `json:"s,omitempty"`
 	U string   `json:"u,omitempty"` // subject
+	// X, instead of a token: a terminal upstream rejection remembered for
+	// a while (Options.RejectionTTL).
+	X *rejectionRecord `json:"x,omitempty"`
+}
+
+type rejectionRecord struct {
+	Err   string      `json:"err"`
+	OAuth oauthRecord `json:"oauth"`
 }
 
 func encodeToken(t *Token, freshUntil time.Time, subject string) []byte {
@@ -35,20 +43,34 @@ func encodeToken(t *Token, freshUntil time.Time, subject string) []byte {
 	return b
 }
 
-func decodeToken(raw []byte) (*cachedToken, error) {
+// encodeRejection is the record of err, whose *OAuthError is oe.
+func encodeRejection(err error, oe *providers.OAuthError) []byte {
+	b, _ := json.Marshal(tokenRecord{V: 1, X: &rejectionRecord{Err: err.Error(),
+		OAuth: oauthRecord{Code: oe.Code, Desc: oe.Description, Status: oe.HTTPStatus}}})
+	return b
+}
+
+// decodeToken decodes a token record: a token, or a remembered rejection
+// (rej), which matches providers.ErrRejected and carries the upstream's
+// *providers.OAuthError like the original error.
+func decodeToken(raw []byte) (ct *cachedToken, rej error, err error) {
 	var r tokenRecord
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, fmt.Errorf("decode token record: %w", err)
+		return nil, nil, fmt.Errorf("decode token record: %w", err)
+	}
+	if r.V == 1 && r.X != nil {
+		return nil, &storedError{msg: r.X.Err, kinds: []error{&providers.OAuthError{
+			Code: r.X.OAuth.Code, Description: r.X.OAuth.Desc, HTTPStatus: r.X.OAuth.Status}}}, nil
 	}
 	if r.V != 1 || r.A == "" {
-		return nil, fmt.Errorf("decode token record: unsupported version %d or empty token", r.V)
+		return nil, nil, fmt.Errorf("decode token record: unsupported version %d or empty token", r.V)
 	}
 	return &cachedToken{
 		Token: Token{AccessToken: secret.New(r.A), TokenType: r.T,
 			Expiry: time.UnixMilli(r.E), Scopes: r.S},
 		freshUntil: time.UnixMilli(r.F),
 		subject:    r.U,
-	}, nil
+	}, nil, nil
 }
 
 type grantRecord struct {

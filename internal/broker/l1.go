@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"context"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,13 +41,24 @@ func (l *l1) load(key string) *l1Entry {
 	return v.(*l1Entry)
 }
 
+// get returns key's token if it can be served at now to a caller needing
+// minTTL without asking the shared cache: fresh, and checked within maxAge.
 func (l *l1) get(key string, now time.Time, minTTL, maxAge time.Duration) (*Token, bool) {
 	e := l.load(key)
-	if e == nil || !now.Before(e.freshUntil) || e.tok.Expiry.Sub(now) <= minTTL || now.Sub(e.checked) >= maxAge {
+	if !e.usable(now, minTTL) || now.Sub(e.checked) >= maxAge {
 		return nil, false
 	}
-	e.lastUsed.Store(now.UnixNano())
 	return &e.tok, true
+}
+
+// usable reports whether e's token is fresh at now for minTTL, whatever
+// e's age, and counts a use.
+func (e *l1Entry) usable(now time.Time, minTTL time.Duration) bool {
+	if e == nil || !now.Before(e.freshUntil) || e.tok.Expiry.Sub(now) <= minTTL {
+		return false
+	}
+	e.lastUsed.Store(now.UnixNano())
+	return true
 }
 
 // drop removes key's entry if it is e (or any entry when e is nil).
@@ -64,6 +73,16 @@ func (l *l1) drop(key string, e *l1Entry) {
 	if l.m.CompareAndDelete(key, e) {
 		e.cancel()
 	}
+}
+
+// dropConnection removes every entry of the named connection.
+func (l *l1) dropConnection(name string) {
+	l.m.Range(func(k, v any) bool {
+		if e := v.(*l1Entry); e.c.Name == name {
+			l.drop(k.(string), e)
+		}
+		return true
+	})
 }
 
 // sweep drops the entries no caller can be served from any more: past their
@@ -105,93 +124,4 @@ func (e *l1Entry) cancel() {
 	if e.stop != nil {
 		e.stop()
 	}
-}
-
-func (ct *cachedToken) usable(now time.Time, minTTL time.Duration) bool {
-	return now.Before(ct.freshUntil) && ct.Expiry.Sub(now) > minTTL
-}
-
-// remember puts a token read from or written to the shared cache into L1
-// and schedules its refresh-ahead.
-func (b *Broker) remember(c *conn, key string, scopes []string, ct *cachedToken) {
-	now := b.now()
-	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, scopes: scopes}
-	// Every path here is a use: a caller's hit on the shared cache, or a
-	// fetch some caller (or refresh-ahead) asked for.
-	e.lastUsed.Store(now.UnixNano())
-	if b.refreshAhead {
-		b.scheduleRefresh(key, e, now)
-	}
-	if prev, loaded := b.l1.m.Swap(key, e); loaded {
-		prev.(*l1Entry).cancel()
-	}
-}
-
-// scheduleRefresh arranges for a used token to be replaced in the
-// background shortly before its fresh period ends, so callers in steady
-// state never wait for the upstream. The moment is jittered per token so
-// replicas and tokens do not all wake at once; all replicas that wake take
-// the same lease, and the losers find the winner's token.
-func (b *Broker) scheduleRefresh(key string, e *l1Entry, now time.Time) {
-	life := e.freshUntil.Sub(now)
-	ahead := min(max(life/10, time.Second), 5*time.Minute)
-	ahead += time.Duration(rand.Int64N(int64(ahead)/2 + 1))
-	delay := life - ahead
-	if delay <= 0 {
-		return
-	}
-	e.stop = b.afterFunc(delay, func() { b.refreshAheadNow(key, e) })
-}
-
-// refreshAheadNow replaces e's token if it is still current and was used
-// during the second half of its fresh period.
-func (b *Broker) refreshAheadNow(key string, e *l1Entry) {
-	if b.closed.Load() || b.l1.load(key) != e {
-		return
-	}
-	halfway := e.checked.Add(e.freshUntil.Sub(e.checked) / 2)
-	if time.Unix(0, e.lastUsed.Load()).Before(halfway) {
-		return // idle: let it expire
-	}
-	b.refreshes.Add(1)
-	_, _, _ = b.flights.Do(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), b.fetchTimeout)
-		defer cancel()
-		t, err := b.fetch(ctx, e.c, key, e.scopes, fetchOptions{replaceBefore: e.tok.Expiry, ahead: true})
-		if err != nil {
-			b.log.WarnContext(ctx, "refresh-ahead failed; callers will fetch on demand", "connection", e.c.Name, "err", err)
-		}
-		return t, err
-	})
-}
-
-// announce tells every replica to drop its L1 copy of key, and drops ours.
-func (b *Broker) announce(ctx context.Context, key string) {
-	if b.pub == nil {
-		return
-	}
-	if err := b.pub.Publish(ctx, invalidateChannel, []byte(key)); err != nil {
-		b.cacheTrouble(ctx, "publish", "invalidation not published; other replicas catch up within l1_max_age", err)
-	}
-}
-
-// onInvalidate handles another replica's announcement.
-func (b *Broker) onInvalidate(msg []byte) {
-	b.l1.drop(string(msg), nil)
-}
-
-// Close stops background work: refresh-ahead timers and the invalidation
-// subscription. It does not close the cache.
-func (b *Broker) Close() {
-	if !b.closed.CompareAndSwap(false, true) {
-		return
-	}
-	if b.unsubscribe != nil {
-		b.unsubscribe()
-	}
-	close(b.stopSweep)
-	b.l1.m.Range(func(_, v any) bool {
-		v.(*l1Entry).cancel()
-		return true
-	})
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/cache/discard"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
@@ -42,14 +42,6 @@ func TestL1SweepDropsWhatCannotBeServed(t *testing.T) {
 	}
 }
 
-// stubShared is a shared cache outside the process: nothing it holds is on
-// this heap.
-type stubShared struct{}
-
-func (stubShared) Get(context.Context, string) ([]byte, error)              { return nil, cache.ErrNotFound }
-func (stubShared) Set(context.Context, string, []byte, time.Duration) error { return nil }
-func (stubShared) Delete(context.Context, string) error                     { return nil }
-func (stubShared) Close() error                                             { return nil }
 
 type tenHourProvider struct{}
 
@@ -66,7 +58,7 @@ func TestIdleKeysReleaseMemory(t *testing.T) {
 	}
 	now := time.Now()
 	clock := func() time.Time { return now }
-	b, err := New(Options{Cache: stubShared{}, Now: clock, L1MaxAge: 30 * time.Second, Connections: []Connection{
+	b, err := New(Options{Cache: discard.Cache{}, Now: clock, L1MaxAge: 30 * time.Second, Connections: []Connection{
 		{Name: "c", Type: "client_credentials", Provider: tenHourProvider{}, Skew: time.Minute}}})
 	if err != nil {
 		t.Fatal(err)

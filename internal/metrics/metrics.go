@@ -50,6 +50,7 @@ type Metrics struct {
 	refreshes       *prometheus.CounterVec
 	lockWaits       *prometheus.CounterVec
 	lockTakeovers   *prometheus.CounterVec
+	rejections      *prometheus.CounterVec
 	cacheErrors     *prometheus.CounterVec
 	breaker         *prometheus.GaugeVec
 
@@ -80,6 +81,9 @@ func New() *Metrics {
 			Help: "Fetches that waited for another replica holding the key's lease."}, []string{"connection"}),
 		lockTakeovers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "lock_takeovers_total",
 			Help: "Leases taken after waiting without receiving the holder's token (the holder died or failed)."}, []string{"connection"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "request_rejections_total",
+			Help: "GetToken calls refused for the request's own sake, by connection and reason (the upstream's OAuth error, such as invalid_scope, or min_ttl): the caller's error, which leaves the connection's state alone."},
+			[]string{"connection", "reason"}),
 		cacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "cache_errors_total",
 			Help: "Shared cache operations that failed, by operation."}, []string{"op"}),
 		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "upstream_breaker_open",
@@ -91,7 +95,7 @@ func New() *Metrics {
 		m.cacheErrors.WithLabelValues(op)
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.GRPC, m.getToken, m.upstream, m.upstreamLatency, m.refreshes, m.lockWaits, m.lockTakeovers, m.cacheErrors, m.breaker)
+		m.GRPC, m.getToken, m.upstream, m.upstreamLatency, m.refreshes, m.lockWaits, m.lockTakeovers, m.rejections, m.cacheErrors, m.breaker)
 	return m
 }
 
@@ -168,6 +172,10 @@ func (c *Conn) Refreshed(ahead bool) {
 		c.refreshOnDemand.Inc()
 	}
 }
+
+// Rejected counts a request refused for its own sake (reason: an OAuth
+// error code, or "min_ttl"). Off the hit path: the label lookup is fine.
+func (c *Conn) Rejected(reason string) { c.m.rejections.WithLabelValues(c.name, reason).Inc() }
 
 // LockWaited counts a fetch that found the lease held by another replica.
 func (c *Conn) LockWaited() { c.lockWait.Inc() }

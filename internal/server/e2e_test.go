@@ -331,6 +331,9 @@ func TestErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e.emu.SetFailure(tt.failure)
 			defer e.emu.SetFailure(ccemu.None)
+			// A rejection is remembered for a while; InvalidateToken
+			// without a token forgets it.
+			defer e.client.InvalidateToken(context.Background(), &tokenbrokerv1.InvalidateTokenRequest{Connection: "cc"})
 			tt.req.ForceRefresh = true
 			_, err := e.client.GetToken(context.Background(), tt.req)
 			st := status.Convert(err)

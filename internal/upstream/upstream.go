@@ -68,10 +68,23 @@ type Policy struct {
 
 // NewBreaker returns a new closed Breaker configured by p.Breaker, for one
 // connection.
-func (p *Policy) NewBreaker() *Breaker {
+func (p *Policy) NewBreaker() *Breaker { return p.NewBreakerNotify(nil) }
+
+// NewBreakerNotify is NewBreaker with onChange, when not nil, called after
+// p.Breaker.OnStateChange on every change of state (for one connection's
+// metrics and logs). Production and tests build breakers this way.
+func (p *Policy) NewBreakerNotify(onChange func(from, to string)) *Breaker {
 	cfg := p.Breaker
 	if cfg.Now == nil {
 		cfg.Now = p.Now
+	}
+	if shared := cfg.OnStateChange; onChange != nil {
+		cfg.OnStateChange = func(from, to string) {
+			if shared != nil {
+				shared(from, to)
+			}
+			onChange(from, to)
+		}
 	}
 	return NewBreaker(cfg)
 }

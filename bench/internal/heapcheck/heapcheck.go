@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/cache/discard"
 	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
@@ -55,7 +56,7 @@ func Measure(ctx context.Context, n int, shared Shared) (Result, error) {
 		}
 		c = mc
 	case Remote:
-		c = remoteCache{}
+		c = discard.Cache{}
 	default:
 		return Result{}, fmt.Errorf("heapcheck: unknown shared cache %q", shared)
 	}
@@ -100,13 +101,3 @@ func (provider) Token(_ context.Context, req providers.Request) (*providers.Toke
 	return &providers.Token{AccessToken: secret.New(base64.RawURLEncoding.EncodeToString(raw)),
 		TokenType: "Bearer", Expiry: time.Now().Add(10 * time.Hour), Scopes: req.Scopes}, nil
 }
-
-// remoteCache stands in for a store outside the process: it keeps nothing.
-type remoteCache struct{}
-
-func (remoteCache) Get(context.Context, string) ([]byte, error) { return nil, cache.ErrNotFound }
-func (remoteCache) Set(context.Context, string, []byte, time.Duration) error {
-	return nil
-}
-func (remoteCache) Delete(context.Context, string) error { return nil }
-func (remoteCache) Close() error                         { return nil }

@@ -331,8 +331,14 @@ func TestBrokerErrors(t *testing.T) {
 			if l := leaks(err.Error(), bf.wire.secrets()); l != "" {
 				t.Errorf("GetToken error contains %s", l)
 			}
-			// Nothing was cached: once the gateway behaves, the next call
-			// goes upstream and succeeds.
+			// No token was cached. A rejection is remembered for a while
+			// (InvalidateToken forgets it): once the gateway behaves, the
+			// next call goes upstream and succeeds.
+			if errors.Is(err, providers.ErrRejected) {
+				if _, err := bf.b.Invalidate(context.Background(), connName, nil, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
 			bf.emu.SetFailure(wxemu.None)
 			bf.emu.SetExpiryOffsets(0, 0)
 			bf.get(t)

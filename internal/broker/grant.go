@@ -1,0 +1,171 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tokenbroker/tokenbroker/internal/cache"
+	"github.com/tokenbroker/tokenbroker/internal/providers"
+)
+
+// Grants are durable: the refresh token (and WAX device secret) that gets
+// the next token without a person. Every grant write goes through a lease's
+// fenced commit (flight.go, authorize.go), so two replicas never redeem one
+// refresh token and a refresh never overwrites a grant newer than the one it
+// started from.
+
+// obtain asks the provider for a token starting from grant g (nil: none
+// stored), refreshing it when the provider can, and returns the grant state
+// to store with the token (nil: leave the stored grant as it is). On a
+// revoked grant it returns the revoked grant to store and an error.
+func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, g *providers.Grant) (*providers.Token, *providers.Grant, error) {
+	preq := providers.Request{Scopes: scopes}
+	if !c.keepsGrant {
+		t, err := b.callToken(ctx, c, preq)
+		return t, nil, err
+	}
+	if g != nil && g.Subject != c.subject {
+		// Refreshing it would keep acting as the old account.
+		b.log.InfoContext(ctx, "stored grant was made for another account (the connection's key changed); running the full grant",
+			"connection", c.Name, "grant_for", g.Subject, "configured", c.subject)
+		g = nil
+	}
+	if c.refresher != nil && g.Usable(b.now()) {
+		var t *providers.Token
+		err := b.oncePolicy.DoWithBreaker(ctx, c.breaker, func(ctx context.Context) (err error) {
+			t, err = c.refresher.Refresh(ctx, preq, g)
+			return err
+		})
+		if err == nil {
+			return t, b.merge(c, g, t), nil
+		}
+		if providers.OAuthCode(err) != providers.CodeInvalidGrant {
+			return nil, nil, err
+		}
+		if c.authorizer != nil {
+			revoked := *g
+			revoked.State = providers.GrantRevoked
+			revoked.UpdatedAt = b.now()
+			b.log.WarnContext(ctx, "grant revoked by upstream; a person must authorize again", "connection", c.Name)
+			return nil, &revoked, fmt.Errorf("%w: %w", providers.ErrRevoked, err)
+		}
+		b.log.InfoContext(ctx, "refresh token rejected; running the full grant", "connection", c.Name)
+		g = nil
+	}
+	if c.authorizer != nil {
+		switch {
+		case g == nil || g.State == providers.GrantNeedsAuthorization:
+			return nil, nil, providers.ErrNeedsAuthorization
+		case g.State == providers.GrantRevoked:
+			return nil, nil, providers.ErrRevoked
+		default:
+			return nil, nil, fmt.Errorf("%w: the grant has no usable refresh token", providers.ErrNeedsAuthorization)
+		}
+	}
+	t, err := b.callToken(ctx, c, preq)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, b.merge(c, g, t), nil
+}
+
+// callToken runs the provider's full grant under the retry policy and the
+// connection's breaker. Full grants are safe to repeat.
+func (b *Broker) callToken(ctx context.Context, c *conn, req providers.Request) (*providers.Token, error) {
+	var t *providers.Token
+	err := b.policy.DoWithBreaker(ctx, c.breaker, func(ctx context.Context) (err error) {
+		t, err = c.Provider.Token(ctx, req)
+		return err
+	})
+	return t, err
+}
+
+// merge returns t.Grant merged over old, ready to store, or nil when t
+// brings no grant: a refresh response without a refresh token keeps the old
+// one, and a device secret stays with its grant.
+func (b *Broker) merge(c *conn, old *providers.Grant, t *providers.Token) *providers.Grant {
+	if t.Grant == nil {
+		return nil
+	}
+	g := *t.Grant
+	if old != nil {
+		if g.RefreshToken.IsZero() {
+			g.RefreshToken, g.RefreshExpiry = old.RefreshToken, old.RefreshExpiry
+		}
+		if g.DeviceSecret.IsZero() {
+			g.DeviceSecret = old.DeviceSecret
+		}
+		if g.Scopes == nil {
+			g.Scopes = old.Scopes
+		}
+	}
+	g.Subject = c.subject
+	g.State = providers.GrantReady
+	g.UpdatedAt = b.now()
+	return &g
+}
+
+// loadGrant returns c's stored grant, or nil when there is none (or it was
+// made for another subject). It takes no lease: for reporting only.
+func (b *Broker) loadGrant(ctx context.Context, c *conn) (*providers.Grant, error) {
+	raw, err := b.store.Get(ctx, grantKey(c.Name))
+	if errors.Is(err, cache.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: read grant: %w", ErrStore, err)
+	}
+	g, err := b.decodeGrant(c, raw)
+	if g != nil && g.Subject != c.subject {
+		return nil, err // another account's: the next fetch replaces it
+	}
+	return g, err
+}
+
+// decodeGrant decodes a stored grant; raw nil is none.
+func (b *Broker) decodeGrant(c *conn, raw []byte) (*providers.Grant, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	g, err := decodeGrant(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: grant of %q unreadable: %w", ErrStore, c.Name, err)
+	}
+	return g, nil
+}
+
+// requestLevel reports whether err is the request's own fault, not the
+// connection's: the upstream refused these scopes, or the caller asked for
+// more than the tokens give. Such errors never change the connection's state
+// and are counted apart (tokenbroker_request_rejections_total).
+func requestLevel(err error) bool {
+	switch providers.OAuthCode(err) {
+	case providers.CodeInvalidScope, "invalid_target":
+		return true
+	}
+	return errors.Is(err, ErrInvalidArgument)
+}
+
+// rejectionReason labels a request-level rejection for metrics.
+func rejectionReason(err error) string {
+	if code := providers.OAuthCode(err); code != "" {
+		return code
+	}
+	return "invalid_argument"
+}
+
+// rejection returns the record that remembers err under the token key, or
+// nil when err is not a terminal upstream rejection worth remembering: a
+// grant's state (revoked, needs authorization) is remembered by the grant.
+func (b *Broker) rejection(c *conn, err error) []byte {
+	if b.rejectionTTL < 0 || !errors.Is(err, providers.ErrRejected) ||
+		errors.Is(err, providers.ErrRevoked) || errors.Is(err, providers.ErrNeedsAuthorization) {
+		return nil
+	}
+	var oe *providers.OAuthError
+	if !errors.As(err, &oe) {
+		return nil
+	}
+	return encodeRejection(err, oe)
+}
