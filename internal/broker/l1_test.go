@@ -42,7 +42,6 @@ func TestL1SweepDropsWhatCannotBeServed(t *testing.T) {
 	}
 }
 
-
 type tenHourProvider struct{}
 
 func (tenHourProvider) Token(_ context.Context, req providers.Request) (*providers.Token, error) {
