@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/cache"
@@ -23,6 +24,8 @@ type flight struct {
 	// fetched: tok came from the upstream, not from the shared cache.
 	fetched bool
 	err     error
+	// waiters counts the callers that waited for it (tests).
+	waiters atomic.Int32
 }
 
 // flights are the flights running in this process, by key.

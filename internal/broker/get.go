@@ -67,6 +67,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		f := b.join(ctx, c, key, scopes, o)
+		f.waiters.Add(1)
 		select {
 		case <-f.done:
 		case <-ctx.Done():
