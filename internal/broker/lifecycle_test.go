@@ -121,7 +121,9 @@ func (u rotating) Refresh(ctx context.Context, req providers.Request, g *provide
 	return t, nil
 }
 
-func (u rotating) AuthCodeURL(state, _ string) string { return "https://upstream.example/authorize?state=" + state }
+func (u rotating) AuthCodeURL(state, _ string) string {
+	return "https://upstream.example/authorize?state=" + state
+}
 
 func (u rotating) Exchange(ctx context.Context, code, _ string) (*providers.Token, error) {
 	n, gate := u.enter()
@@ -441,7 +443,6 @@ func (r *roundTrips) ProcessPipelineHook(next goredis.ProcessPipelineHook) gored
 		return next(ctx, cmds)
 	}
 }
-
 
 // A cold miss in Redis mode costs at most three round trips: the read, the
 // lease (which reads again in the same step) and the fenced write that
