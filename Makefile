@@ -36,6 +36,12 @@ test: deps tools check-generated lint test-go
 test-go:
 	$(GO) test -race -count=1 ./...
 
+## test-stress: the shared-work stress test at full scale (upstream latency up to 2 s,
+## caller deadlines up to 5 s); `make test` runs it scaled down.
+.PHONY: test-stress
+test-stress: deps
+	TOKENBROKER_STRESS=full $(GO) test -race -count=1 -run '^TestStressSharedWork$$' -v ./internal/broker
+
 deps:
 	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null || { \
 		echo "installing redis-server, redis-sentinel, redis-tools"; \
