@@ -139,6 +139,9 @@ type conn struct {
 	keepsGrant bool
 	// subject: the upstream account (providers.AccountBound), or "".
 	subject string
+	// defaultScopes stand for a request's empty scopes
+	// (providers.DefaultScoper), so equal requests share one key.
+	defaultScopes []string
 	breaker *upstream.Breaker
 	m       *metrics.Conn
 	// lastLifetime is a time.Duration: how long the last token lived.
@@ -236,11 +239,24 @@ func (b *Broker) newConn(c Connection) *conn {
 	if ab, ok := c.Provider.(providers.AccountBound); ok {
 		cn.subject = ab.Subject()
 	}
+	if ds, ok := c.Provider.(providers.DefaultScoper); ok {
+		cn.defaultScopes, _ = normalizeScopes(ds.DefaultScopes())
+	}
 	cn.breaker = b.policy.NewBreakerNotify(func(from, to string) {
 		b.log.Warn("upstream circuit breaker", "connection", c.Name, "from", from, "to", to)
 		cn.m.BreakerChanged(to)
 	})
 	return cn
+}
+
+// scopes normalizes a request's scopes for c: sorted, unique, and c's
+// defaults when there are none.
+func (c *conn) scopes(scopes []string) ([]string, error) {
+	s, err := normalizeScopes(scopes)
+	if err == nil && len(s) == 0 {
+		s = c.defaultScopes
+	}
+	return s, err
 }
 
 func (b *Broker) connection(name string) (*conn, error) {

@@ -27,7 +27,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	if req.MinTTL < 0 {
 		return nil, fmt.Errorf("%w: min_ttl must not be negative", ErrInvalidArgument)
 	}
-	scopes, err := normalizeScopes(req.Scopes)
+	scopes, err := c.scopes(req.Scopes)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +147,7 @@ func (b *Broker) Invalidate(ctx context.Context, connection string, scopes []str
 	if err != nil {
 		return false, err
 	}
-	scopes, err = normalizeScopes(scopes)
+	scopes, err = c.scopes(scopes)
 	if err != nil {
 		return false, err
 	}

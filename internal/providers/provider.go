@@ -62,6 +62,14 @@ type Authorizer interface {
 	Exchange(ctx context.Context, code, verifier string) (*Token, error)
 }
 
+// A DefaultScoper sends a fixed set of scopes when a request names none.
+// The broker applies them before it builds the cache key, so a request with
+// no scopes and one naming exactly the defaults share one token.
+type DefaultScoper interface {
+	// DefaultScopes returns the scopes, sorted and unique.
+	DefaultScopes() []string
+}
+
 // A Describer reports public facts about a connection for ListConnections,
 // such as an account address. It must never return secrets.
 type Describer interface {

@@ -443,3 +443,21 @@ func addressClaim(t *testing.T, tok *broker.Token) string {
 	}
 	return claims.Address
 }
+
+// A request with no scopes and one naming the default ("general") are the
+// same request: one token serves both.
+func TestBrokerDefaultScopesShareAToken(t *testing.T) {
+	bf := newBrokered(t, wxemu.Options{}, nil)
+	first, err := bf.b.GetToken(context.Background(), broker.Request{Connection: connName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := bf.b.GetToken(context.Background(), broker.Request{Connection: connName, Scopes: []string{"general"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.AccessToken.Reveal() != second.AccessToken.Reveal() {
+		t.Errorf("GetToken(no scopes) and GetToken([general]) got different tokens")
+	}
+	bf.wantCounts(t, "after both requests", counts{Password: 1})
+}

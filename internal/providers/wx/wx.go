@@ -324,6 +324,10 @@ func (p *provider) sign(msg []byte) ([]byte, error) {
 	return wavescrypto.Sign(p.key, msg, p.random)
 }
 
+// DefaultScopes implements providers.DefaultScoper: the gateway grants
+// "general" whatever is asked for.
+func (p *provider) DefaultScopes() []string { return []string{Scope} }
+
 // checkScopes accepts no scopes (the default) or exactly "general".
 func checkScopes(scopes []string) error {
 	if len(scopes) == 0 || (len(scopes) == 1 && scopes[0] == Scope) {
