@@ -180,6 +180,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		FetchTimeout:        cfg.Broker.FetchTimeout.Duration,
 		LeaseTTL:            cfg.Broker.LeaseTTL.Duration,
 		L1MaxAge:            cfg.Broker.L1MaxAge.Duration,
+		RejectionTTL:        cfg.Broker.RememberRejections.Duration,
 		DisableRefreshAhead: !*cfg.Broker.RefreshAhead,
 	})
 	if err != nil {

@@ -142,8 +142,8 @@ type conn struct {
 	// defaultScopes stand for a request's empty scopes
 	// (providers.DefaultScoper), so equal requests share one key.
 	defaultScopes []string
-	breaker *upstream.Breaker
-	m       *metrics.Conn
+	breaker       *upstream.Breaker
+	m             *metrics.Conn
 	// lastLifetime is a time.Duration: how long the last token lived.
 	lastLifetime atomic.Int64
 	// grantMu serialises grant work within this process when the shared

@@ -82,6 +82,10 @@ type Broker struct {
 	// asking the shared cache: the staleness after a lost invalidation
 	// message (default 30s).
 	L1MaxAge providers.Duration `yaml:"l1_max_age"`
+	// RememberRejections is how long a terminal upstream rejection of a
+	// (connection, scopes) pair is answered without asking the upstream
+	// again (default 30s), so a looping caller cannot hammer it.
+	RememberRejections providers.Duration `yaml:"remember_rejections"`
 	// RefreshAhead refreshes used tokens in the background before they
 	// reach their skew point (default true).
 	RefreshAhead *bool `yaml:"refresh_ahead"`
@@ -296,6 +300,9 @@ func (c *Config) ApplyDefaults() {
 	if c.Broker.L1MaxAge.Duration == 0 {
 		c.Broker.L1MaxAge.Duration = 30 * time.Second
 	}
+	if c.Broker.RememberRejections.Duration == 0 {
+		c.Broker.RememberRejections.Duration = 30 * time.Second
+	}
 	if c.Broker.RefreshAhead == nil {
 		on := true
 		c.Broker.RefreshAhead = &on
@@ -356,7 +363,8 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"broker.fetch_timeout", c.Broker.FetchTimeout.Duration}, {"broker.lease_ttl", c.Broker.LeaseTTL.Duration}, {"broker.l1_max_age", c.Broker.L1MaxAge.Duration}} {
+	}{{"broker.fetch_timeout", c.Broker.FetchTimeout.Duration}, {"broker.lease_ttl", c.Broker.LeaseTTL.Duration}, {"broker.l1_max_age", c.Broker.L1MaxAge.Duration},
+		{"broker.remember_rejections", c.Broker.RememberRejections.Duration}} {
 		if d.v < 0 {
 			add("%s: must not be negative", d.key)
 		}

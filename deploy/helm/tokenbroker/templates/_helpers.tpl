@@ -198,7 +198,7 @@ no secret value is ever rendered here.
 {{- end -}}
 {{- $_ = set $c "cache" $cache -}}
 {{- $b := $v.broker -}}
-{{- $_ = set $c "broker" (dict "lease_ttl" $b.leaseTTL "l1_max_age" $b.l1MaxAge "fetch_timeout" $b.fetchTimeout "refresh_ahead" $b.refreshAhead) -}}
+{{- $_ = set $c "broker" (dict "lease_ttl" $b.leaseTTL "l1_max_age" $b.l1MaxAge "fetch_timeout" $b.fetchTimeout "refresh_ahead" $b.refreshAhead "remember_rejections" $b.rememberRejections) -}}
 {{- with $v.tracing -}}
 {{- if .enabled -}}
 {{- $_ = set $c "tracing" (dict "enabled" true "otlp_endpoint" .otlpEndpoint "insecure" .insecure "sample_ratio" .sampleRatio) -}}
