@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -573,5 +574,60 @@ connections:
 	off, on := goroutines(0), goroutines(300)
 	if on-off < 250 {
 		t.Errorf("go_goroutines = %d with 300 stream workers, %d with none; want about 300 more", on, off)
+	}
+}
+
+// TestRequestRejectionThroughTheBinary: a scope the upstream refuses is the
+// caller's error. Five identical calls cost one upstream request and get the
+// same status; the connection stays READY, its state metric not failing.
+func TestRequestRejectionThroughTheBinary(t *testing.T) {
+	p := startBroker(t, "-demo")
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 5 {
+		_, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Scopes: []string{"bogus"}})
+		st := status.Convert(err)
+		var oauth string
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok {
+				oauth = info.GetMetadata()["oauth_error"]
+			}
+		}
+		if st.Code() != codes.FailedPrecondition || oauth != "invalid_scope" {
+			t.Fatalf("GetToken(bogus) #%d = %v, oauth_error %q; want FailedPrecondition, invalid_scope", i+1, st.Code(), oauth)
+		}
+	}
+	if _, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Scopes: []string{"read"}}); err != nil {
+		t.Fatalf("GetToken(read) = %v", err)
+	}
+	list, err := client.ListConnections(ctx, &tokenbrokerv1.ListConnectionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range list.GetConnections() {
+		if c.GetName() == "demo-cc" && c.GetState() != tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY {
+			t.Errorf("demo-cc state after refused scopes = %v; want READY", c.GetState())
+		}
+	}
+	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tokenbroker_connection_state{connection="demo-cc",state="failing"} 0`,
+		`tokenbroker_upstream_requests_total{connection="demo-cc",grant_type="client_credentials",status="400"} 1`,
+		`tokenbroker_request_rejections_total{connection="demo-cc",reason="invalid_scope"} 5`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

@@ -261,7 +261,6 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 		if c.recordFault(err) {
 			b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "scopes", scopes, "err", err)
 		} else {
-			c.m.Rejected(rejectionReason(err))
 			b.log.InfoContext(ctx, "token request rejected", "connection", c.Name, "scopes", scopes, "err", err)
 		}
 		return nil, false, err

@@ -74,7 +74,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 			return nil, ctx.Err()
 		}
 		if f.err != nil {
-			if !f.fetched && requestLevel(f.err) {
+			if requestLevel(f.err) {
 				c.m.Rejected(rejectionReason(f.err))
 			}
 			return nil, f.err
