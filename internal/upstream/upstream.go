@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/providers"
-	"github.com/tokenbroker/tokenbroker/internal/providers/tokenhttp"
 )
 
 // Defaults used when the corresponding Policy field is zero.
@@ -268,19 +267,13 @@ func (p *Policy) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// retryAfter returns the delay the upstream asked for in err's chain: from
-// the first RetryAfterer, else from a *tokenhttp.StatusError; 0 when there is
+// retryAfter returns the delay the upstream asked for in err's chain, from
+// the first RetryAfterer (tokenhttp.StatusError is one); 0 when there is
 // none, or it asked for none.
 func retryAfter(err error) time.Duration {
 	var ra RetryAfterer
 	if errors.As(err, &ra) {
-		if d := ra.RetryAfterDelay(); d > 0 {
-			return d
-		}
-	}
-	var se *tokenhttp.StatusError
-	if errors.As(err, &se) && se.RetryAfter > 0 {
-		return se.RetryAfter
+		return max(ra.RetryAfterDelay(), 0)
 	}
 	return 0
 }
