@@ -151,6 +151,11 @@ type conn struct {
 	// redeem one refresh token twice.
 	grantMu sync.Mutex
 
+	// pending is a grant obtained (a refresh token spent) whose write the
+	// store refused; it replaces the stored grant it was made from at the
+	// next fetch under the lease. Guarded by mu.
+	pending *pendingGrant
+
 	mu         sync.Mutex
 	lastExpiry time.Time
 	// fault is the connection's own last failure (credentials rejected,

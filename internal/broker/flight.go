@@ -127,13 +127,15 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 		return &ct.Token, false, nil
 	case err == nil:
 		var g *providers.Grant
+		dirty := false
 		if c.keepsGrant {
 			if g, err = b.decodeGrant(c, values[1]); err != nil {
 				_ = lease.Release(ctx)
 				return nil, false, err
 			}
+			g, dirty = c.takePending(g)
 		}
-		return b.fetchHeld(ctx, c, key, scopes, o, lease, g)
+		return b.fetchHeld(ctx, c, key, scopes, o, lease, g, dirty)
 	case errors.Is(err, errWaitedTooLong), ctx.Err() != nil:
 		return nil, false, err
 	default:
@@ -143,7 +145,7 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 		if c.authorizer != nil {
 			return nil, false, fmt.Errorf("%w: read grant: %w", ErrStore, err)
 		}
-		return b.fetchHeld(ctx, c, key, scopes, o, nil, nil)
+		return b.fetchHeld(ctx, c, key, scopes, o, nil, nil, false)
 	}
 }
 
@@ -223,9 +225,10 @@ func lockName(c *conn, key string) string {
 
 // fetchHeld runs the upstream request holding lease (nil when the store is
 // down), starting from grant g, and commits what it obtained: the token,
-// any new grant state, or the rejection to remember.
+// any new grant state, or the rejection to remember. dirty: g is a grant
+// the store has not got yet (see conn.keepPending), written in any case.
 func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions,
-	lease cache.Lease, g *providers.Grant) (*Token, bool, error) {
+	lease cache.Lease, g *providers.Grant, dirty bool) (*Token, bool, error) {
 	if c.keepsGrant && lease == nil {
 		c.grantMu.Lock()
 		defer c.grantMu.Unlock()
@@ -239,6 +242,9 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 	c.m.Refreshed(o.ahead)
 	pt, ng, err := b.obtain(ctx, c, scopes, g)
 	stopRenewing()
+	if ng == nil && dirty {
+		ng = g
+	}
 	var writes []cache.Write
 	if ng != nil {
 		raw, eerr := encodeGrant(ng)
@@ -256,7 +262,7 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 			writes = append(writes, cache.Write{Key: key, Value: rej, TTL: b.rejectionTTL})
 		}
 		if werr := b.commit(ctx, c, lease, writes); werr != nil && ng != nil {
-			err = errors.Join(err, werr)
+			c.keepPending(g, ng)
 		}
 		if c.recordFault(err) {
 			b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "scopes", scopes, "err", err)
@@ -275,16 +281,13 @@ func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []st
 	if ttl := ct.freshUntil.Sub(now); ttl > 0 {
 		writes = append(writes, cache.Write{Key: key, Value: encodeToken(t, ct.freshUntil, c.subject), TTL: ttl})
 	}
-	if err := b.commit(ctx, c, lease, writes); err != nil {
-		if ng != nil && c.authorizer != nil {
-			// The new grant is not stored: handing out its token would
-			// leave the next refresh presenting a spent refresh token.
-			b.log.ErrorContext(ctx, "new grant not stored", "connection", c.Name, "err", err)
-			return nil, false, err
-		}
-		if ng != nil {
-			b.log.WarnContext(ctx, "new grant not stored; the next token will run the full grant", "connection", c.Name, "err", err)
-		}
+	if err := b.commit(ctx, c, lease, writes); err != nil && ng != nil {
+		// The refresh token is spent: the new grant is kept in memory and
+		// written under the lease by this replica's next fetch. Should the
+		// process end first, the connection reports REVOKED at its next
+		// refresh and a person authorizes again.
+		c.keepPending(g, ng)
+		b.log.ErrorContext(ctx, "new grant not stored; kept in memory until the store takes it", "connection", c.Name, "err", err)
 	}
 	b.remember(c, key, scopes, ct)
 	c.served(t.Expiry, pt.Expiry.Sub(start))

@@ -106,6 +106,41 @@ func (b *Broker) merge(c *conn, old *providers.Grant, t *providers.Token) *provi
 	return &g
 }
 
+// A pendingGrant is a grant not yet stored, and the stored one it replaces.
+type pendingGrant struct {
+	from, grant *providers.Grant
+}
+
+// keepPending remembers ng, made from g, until it can be written.
+func (c *conn) keepPending(g, ng *providers.Grant) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending != nil && g != nil && sameGrant(c.pending.grant, g) {
+		g = c.pending.from // still replacing what the store holds
+	}
+	c.pending = &pendingGrant{from: g, grant: ng}
+}
+
+// takePending returns the grant to use instead of stored, when one is
+// pending over it, and forgets a pending grant that stored has moved past.
+func (c *conn) takePending(stored *providers.Grant) (*providers.Grant, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pending
+	if p == nil {
+		return stored, false
+	}
+	c.pending = nil
+	if (p.from == nil) != (stored == nil) || stored != nil && !sameGrant(p.from, stored) {
+		return stored, false // re-authorized or refreshed elsewhere since
+	}
+	return p.grant, true
+}
+
+func sameGrant(a, b *providers.Grant) bool {
+	return a.RefreshToken.Reveal() == b.RefreshToken.Reveal() && a.DeviceSecret.Reveal() == b.DeviceSecret.Reveal()
+}
+
 // loadGrant returns c's stored grant, or nil when there is none (or it was
 // made for another subject). It takes no lease: for reporting only.
 func (b *Broker) loadGrant(ctx context.Context, c *conn) (*providers.Grant, error) {

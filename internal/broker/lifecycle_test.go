@@ -486,3 +486,66 @@ func TestColdMissRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// failingCommits is a store whose leases refuse to commit while fail is set.
+type failingCommits struct {
+	cache.Cache
+	fail atomic.Bool
+}
+
+func (s *failingCommits) TryLock(ctx context.Context, name string, ttl time.Duration, keys ...string) (cache.Lease, [][]byte, error) {
+	l, v, err := s.Cache.TryLock(ctx, name, ttl, keys...)
+	if l != nil {
+		l = failingLease{l, s}
+	}
+	return l, v, err
+}
+
+type failingLease struct {
+	cache.Lease
+	s *failingCommits
+}
+
+func (l failingLease) Commit(ctx context.Context, w ...cache.Write) error {
+	if l.s.fail.Load() {
+		_ = l.Lease.Release(ctx)
+		return fmt.Errorf("%w: injected", cache.ErrUnavailable)
+	}
+	return l.Lease.Commit(ctx, w...)
+}
+
+// A refresh token spent while the store refuses writes is not lost: the
+// new grant is kept and written by the next fetch, which refreshes with it.
+func TestGrantKeptWhenTheStoreRefusesItsWrite(t *testing.T) {
+	clk := cachetest.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	mc, err := memory.New(memory.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &failingCommits{Cache: mc}
+	f := newFixture(t, store, func(u *fakeUpstream) providers.Provider { return rotating{u} }, Options{})
+	f.clk = clk
+	f.up.now = clk.Now
+	f.b.now = clk.Now
+	f.up.current = "rt-0"
+	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")})
+	if err := mc.Set(t.Context(), grantKey("c"), raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	store.fail.Store(true)
+	if _, err := f.b.GetToken(t.Context(), Request{Connection: "c"}); err != nil {
+		t.Fatalf("GetToken while the store refuses writes = %v; want the refreshed token", err)
+	}
+	store.fail.Store(false)
+	clk.Advance(time.Hour)
+	if _, err := f.b.GetToken(t.Context(), Request{Connection: "c"}); err != nil {
+		t.Fatalf("GetToken once the store is back = %v", err)
+	}
+	if _, _, invalid := f.up.counts(); invalid != 0 {
+		t.Errorf("the upstream saw %d spent refresh tokens; want 0", invalid)
+	}
+	raw, _ = mc.Get(t.Context(), grantKey("c"))
+	if g, _ := decodeGrant(raw); g.RefreshToken.Reveal() != f.up.current {
+		t.Errorf("stored refresh token is not the upstream's current one")
+	}
+}

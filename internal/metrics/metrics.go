@@ -132,6 +132,9 @@ func (m *Metrics) Connection(name string) *Conn {
 			refreshOnDemand: m.refreshes.WithLabelValues(name, "on_demand"), lockWait: m.lockWaits.WithLabelValues(name),
 			lockTakeover: m.lockTakeovers.WithLabelValues(name)}
 		m.breaker.WithLabelValues(name).Set(0)
+		// The usual reasons exist from the start, so rate() sees a zero.
+		m.rejections.WithLabelValues(name, "invalid_scope")
+		m.rejections.WithLabelValues(name, "min_ttl")
 		m.conns[name] = c
 	}
 	return c
