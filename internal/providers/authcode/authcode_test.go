@@ -75,6 +75,11 @@ func TestValidate(t *testing.T) {
 			c.Scopes = []string{"ok", "not ok"}
 			c.Timeout.Duration, c.DefaultLifetime.Duration, c.MaxResponseBytes = -1, -1, -1
 		}), []string{"scopes[1]:", "timeout: must not be negative", "default_lifetime: must not be negative", "max_response_bytes: must not be negative"}},
+		{"default token type ok", generic(func(c *authcode.Config) { c.DefaultTokenType = "Bearer" }), nil},
+		{"bad default token type", generic(func(c *authcode.Config) { c.DefaultTokenType = "Bearer x" }),
+			[]string{"default_token_type: token type has a character RFC 6749 §11.1 does not allow"}},
+		{"wax bad default token type", wax(func(c *authcode.WAXConfig) { c.DefaultTokenType = "Bearer\n" }),
+			[]string{"default_token_type: token type has a character"}},
 		{"wax ok", wax(func(*authcode.WAXConfig) {}), nil},
 		{"wax sandbox device secret ok", wax(func(c *authcode.WAXConfig) {
 			c.Environment, c.ClientSecret, c.DeviceSecret = "sandbox", secret.Ref{}, true

@@ -478,6 +478,7 @@ func TestValidate(t *testing.T) {
 			c.Seed, c.PrivateKey = secret.Ref{}, secret.Ref{Env: "WX_KEY"}
 			c.ChainID = "T"
 			c.TokenLifetime = providers.Duration{Duration: 168 * time.Hour}
+			c.DefaultTokenType = "Bearer"
 			return c
 		}},
 		{name: "empty", cfg: func() *wx.Config { return &wx.Config{} }, want: []string{
@@ -496,6 +497,7 @@ func TestValidate(t *testing.T) {
 				TokenLifetime:    providers.Duration{Duration: 169 * time.Hour},
 				Timeout:          providers.Duration{Duration: -time.Second},
 				MaxResponseBytes: -1,
+				DefaultTokenType: "bearer token",
 			}
 		}, want: []string{
 			"token_url: must be an absolute http or https URL",
@@ -506,6 +508,7 @@ func TestValidate(t *testing.T) {
 			"token_lifetime: must be between 1m0s and 168h0m0s",
 			"timeout: must not be negative",
 			"max_response_bytes: must not be negative",
+			"default_token_type: token type has a character RFC 6749 §11.1 does not allow",
 		}},
 		{name: "seed ref with both sources, lifetime too short", cfg: func() *wx.Config {
 			c := valid()
@@ -625,6 +628,7 @@ connections:
     token_lifetime: 24h
     timeout: 5s
     max_response_bytes: 65536
+    default_token_type: bearer
 `
 		cfg, err := config.Parse([]byte(yml), reg)
 		if err != nil {
@@ -638,6 +642,7 @@ connections:
 			TokenLifetime:    providers.Duration{Duration: 24 * time.Hour},
 			Timeout:          providers.Duration{Duration: 5 * time.Second},
 			MaxResponseBytes: 65536,
+			DefaultTokenType: "bearer",
 		}
 		if diff := cmp.Diff(want, cfg.Connections[0].Provider); diff != "" {
 			t.Errorf("decoded config (-want +got):\n%s", diff)
