@@ -108,9 +108,6 @@ func statusOf(connection string, err error) *status.Status {
 		code, reason = codes.FailedPrecondition, ReasonNotSupported
 	case errors.Is(err, providers.ErrRejected):
 		code, reason = codes.FailedPrecondition, ReasonUpstreamRejected
-		if oc := providers.OAuthCode(err); oc != "" {
-			meta["oauth_error"] = oc
-		}
 	case errors.Is(err, providers.ErrUnavailable):
 		// Includes an upstream that timed out: the caller may retry.
 		code, reason = codes.Unavailable, ReasonUpstreamUnavailable
@@ -135,6 +132,11 @@ func statusOf(connection string, err error) *status.Status {
 		if c := refusal.Connection; c != "" && len(c) <= MaxConnectionName {
 			meta["connection"] = c
 		}
+	}
+	// Every upstream rejection says which, whatever it led to: a revoked
+	// grant (invalid_grant), a needed authorization, or the rejection itself.
+	if oc := providers.OAuthCode(err); oc != "" {
+		meta["oauth_error"] = oc
 	}
 	st := status.New(code, err.Error())
 	if d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: meta}); derr == nil {
