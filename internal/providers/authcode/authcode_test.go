@@ -554,3 +554,36 @@ func TestPKCE(t *testing.T) {
 		t.Errorf("WAXConfig{PKCE: true}.Validate() = %v; want a pkce error", err)
 	}
 }
+
+// TestDefaultTokenType: an answer without token_type is refused unless the
+// connection sets default_token_type, which then stands in for it.
+func TestDefaultTokenType(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"at-123456","expires_in":600,"refresh_token":"rt-123456"}`))
+	}))
+	defer srv.Close()
+	for _, tc := range []struct{ defaultType, want string }{{"", ""}, {"Bearer", "Bearer"}} {
+		t.Run("default "+tc.defaultType, func(t *testing.T) {
+			cfg := &authcode.Config{AuthorizeURL: srv.URL + "/auth", TokenURL: srv.URL + "/token", ClientID: clientID,
+				ClientSecret: secret.Ref{Env: "WAX_SECRET"}, DefaultTokenType: tc.defaultType}
+			p, err := cfg.Open(env(time.Now))
+			if err != nil {
+				t.Fatalf("Open() = %v", err)
+			}
+			tok, err := p.(providers.Authorizer).Exchange(context.Background(), "the-code", "")
+			if tc.want == "" {
+				if !errors.Is(err, providers.ErrInvalidResponse) || !strings.Contains(err.Error(), "no token_type") {
+					t.Fatalf("Exchange() error = %v; want ErrInvalidResponse for the missing token_type", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Exchange() = %v", err)
+			}
+			if tok.TokenType != tc.want {
+				t.Errorf("Exchange().TokenType = %q; want %q", tok.TokenType, tc.want)
+			}
+		})
+	}
+}

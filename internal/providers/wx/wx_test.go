@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -701,4 +702,47 @@ func TestNonce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDefaultTokenType: the gateway documents token_type (always bearer,
+// PROTOCOLS.md §1), so an answer without one is refused unless the
+// connection sets default_token_type.
+func TestDefaultTokenType(t *testing.T) {
+	for _, tc := range []struct{ defaultType, want string }{{"", ""}, {"Bearer", "Bearer"}} {
+		t.Run("default "+tc.defaultType, func(t *testing.T) {
+			f := newFixture(t, wxemu.Options{ExpiresIn: wxemu.Absolute})
+			f.wire.h = withoutTokenType{f.emu}
+			f.cfg.DefaultTokenType = tc.defaultType
+			tok, err := f.open(t).(providers.Provider).Token(context.Background(), providers.Request{})
+			if tc.want == "" {
+				if !errors.Is(err, providers.ErrInvalidResponse) || !strings.Contains(err.Error(), "no token_type") {
+					t.Fatalf("Token() error = %v; want ErrInvalidResponse for the missing token_type", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Token() error = %v", err)
+			}
+			if tok.TokenType != tc.want {
+				t.Errorf("Token().TokenType = %q; want %q", tok.TokenType, tc.want)
+			}
+		})
+	}
+}
+
+// withoutTokenType drops token_type from the emulator's answers.
+type withoutTokenType struct{ h http.Handler }
+
+func (w withoutTokenType) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	w.h.ServeHTTP(rec, r)
+	var body map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		http.Error(rw, "emulator answer is not JSON", http.StatusInternalServerError)
+		return
+	}
+	delete(body, "token_type")
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(rec.Code)
+	_ = json.NewEncoder(rw).Encode(body)
 }
