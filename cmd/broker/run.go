@@ -336,8 +336,8 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(64 << 10),
-		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor(server.RefusalStatus)),
+		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor(server.RefusalStatus)),
 	}
 	if n := cfg.Listen.GRPCStreamWorkers; n != nil && *n > 0 {
 		sopts = append(sopts, grpc.NumStreamWorkers(uint32(*n)))

@@ -12,13 +12,10 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 )
 
 // How a caller was identified.
@@ -70,13 +67,6 @@ func NewContext(ctx context.Context, c Caller) context.Context {
 func newContext(ctx context.Context, c *caller) context.Context {
 	return context.WithValue(ctx, callerKey{}, c)
 }
-
-// ErrorInfo of refusals, matching the service's other errors.
-const (
-	ErrorDomain            = "tokenbroker.v1"
-	ReasonUnauthenticated  = "UNAUTHENTICATED"
-	ReasonPermissionDenied = "PERMISSION_DENIED"
-)
 
 // An Authenticator identifies callers and enforces their policies. It is
 // immutable and safe for concurrent use.
@@ -139,20 +129,25 @@ func exempt(fullMethod string) bool {
 }
 
 // UnaryInterceptor returns an interceptor that refuses a call with
-// UNAUTHENTICATED when the caller cannot be identified and PERMISSION_DENIED
-// when its policy does not allow the method, the request's connection, or a
-// requested scope. An allowed call runs with the Caller in its context.
-func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
+// ErrUnauthenticated when the caller cannot be identified and
+// ErrPermissionDenied when its policy does not allow the method, the
+// request's connection, or a requested scope; each refusal is a
+// *RefusalError, which the interceptor returns as toStatus(err) (the
+// service passes server.RefusalStatus, the one place that makes statuses;
+// nil returns the *RefusalError itself). An allowed call runs with the
+// Caller in its context.
+func (a *Authenticator) UnaryInterceptor(toStatus func(error) error) grpc.UnaryServerInterceptor {
+	toStatus = orSelf(toStatus)
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if exempt(info.FullMethod) {
 			return handler(ctx, req)
 		}
 		c, err := a.authorize(ctx, info.FullMethod)
 		if err != nil {
-			return nil, err
+			return nil, toStatus(err)
 		}
 		if err := c.checkRequest(req); err != nil {
-			return nil, err
+			return nil, toStatus(err)
 		}
 		return handler(newContext(ctx, c), req)
 	}
@@ -160,23 +155,32 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 
 // StreamInterceptor is UnaryInterceptor for streaming methods: it checks
 // every message the client sends.
-func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
+func (a *Authenticator) StreamInterceptor(toStatus func(error) error) grpc.StreamServerInterceptor {
+	toStatus = orSelf(toStatus)
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if exempt(info.FullMethod) {
 			return handler(srv, ss)
 		}
 		c, err := a.authorize(ss.Context(), info.FullMethod)
 		if err != nil {
-			return err
+			return toStatus(err)
 		}
-		return handler(srv, &checkedStream{ServerStream: ss, ctx: newContext(ss.Context(), c), c: c})
+		return handler(srv, &checkedStream{ServerStream: ss, ctx: newContext(ss.Context(), c), c: c, toStatus: toStatus})
 	}
+}
+
+func orSelf(toStatus func(error) error) func(error) error {
+	if toStatus == nil {
+		return func(err error) error { return err }
+	}
+	return toStatus
 }
 
 type checkedStream struct {
 	grpc.ServerStream
-	ctx context.Context
-	c   *caller
+	ctx      context.Context
+	c        *caller
+	toStatus func(error) error
 }
 
 func (s *checkedStream) Context() context.Context { return s.ctx }
@@ -185,7 +189,10 @@ func (s *checkedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.c.checkRequest(m)
+	if err := s.c.checkRequest(m); err != nil {
+		return s.toStatus(err)
+	}
+	return nil
 }
 
 // authorize identifies the caller and checks that it may call fullMethod.
@@ -196,7 +203,7 @@ func (a *Authenticator) authorize(ctx context.Context, fullMethod string) (*call
 	}
 	if !c.methods[fullMethod] {
 		_, name := path.Split(fullMethod)
-		return nil, refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, "",
+		return nil, denied(c.Name, "",
 			fmt.Sprintf("caller %q may not call %s", c.Name, clip(name)))
 	}
 	return c, nil
@@ -309,7 +316,7 @@ func (c *caller) checkRequest(req any) error {
 	if r, ok := req.(interface{ GetConnection() string }); ok {
 		conn = r.GetConnection()
 		if !matchAny(c.connections, conn) {
-			return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+			return denied(c.Name, conn,
 				fmt.Sprintf("caller %q may not use connection %q", c.Name, clip(conn)))
 		}
 	}
@@ -319,12 +326,12 @@ func (c *caller) checkRequest(req any) error {
 	}
 	scopes := r.GetScopes()
 	if len(scopes) == 0 {
-		return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+		return denied(c.Name, conn,
 			fmt.Sprintf("caller %q may request only some scopes on connection %q: name them in scopes", c.Name, clip(conn)))
 	}
 	for _, s := range scopes {
 		if !matchAny(c.scopes, s) {
-			return refuse(codes.PermissionDenied, ReasonPermissionDenied, c.Name, conn,
+			return denied(c.Name, conn,
 				fmt.Sprintf("caller %q may not request scope %q on connection %q", c.Name, clip(s), clip(conn)))
 		}
 	}
@@ -360,22 +367,12 @@ func clip(s string) string {
 	return s[:i] + "…"
 }
 
+// unauthenticated and denied build every refusal. Messages never contain a
+// credential.
 func unauthenticated(msg string) error {
-	return refuse(codes.Unauthenticated, ReasonUnauthenticated, "", "", msg)
+	return &RefusalError{Kind: ErrUnauthenticated, Message: msg}
 }
 
-// refuse builds every refusal. Messages never contain a credential.
-func refuse(code codes.Code, reason, callerName, connection, msg string) error {
-	meta := map[string]string{}
-	if callerName != "" {
-		meta["caller"] = callerName
-	}
-	if connection != "" && len(connection) <= 64 {
-		meta["connection"] = connection
-	}
-	st := status.New(code, msg)
-	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: meta}); err == nil {
-		st = d
-	}
-	return st.Err()
+func denied(callerName, connection, msg string) error {
+	return &RefusalError{Kind: ErrPermissionDenied, Caller: callerName, Connection: connection, Message: msg}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,6 +27,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/auth"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 	"github.com/tokenbroker/tokenbroker/internal/tlsutil"
 	"github.com/tokenbroker/tokenbroker/internal/tlsutil/tlstest"
 )
@@ -74,7 +77,7 @@ func (fakeService) CompleteAuthorization(ctx context.Context, _ *tokenbrokerv1.C
 // interceptors, with TLS if tlsCfg is not nil.
 func startServer(t *testing.T, a *auth.Authenticator, tlsCfg *tls.Config) string {
 	t.Helper()
-	opts := []grpc.ServerOption{grpc.UnaryInterceptor(a.UnaryInterceptor()), grpc.StreamInterceptor(a.StreamInterceptor())}
+	opts := []grpc.ServerOption{grpc.UnaryInterceptor(a.UnaryInterceptor(server.RefusalStatus)), grpc.StreamInterceptor(a.StreamInterceptor(server.RefusalStatus))}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 	}
@@ -305,12 +308,12 @@ func checkErrorInfo(t *testing.T, st *status.Status, code codes.Code) {
 	t.Helper()
 	for _, d := range st.Details() {
 		if ei, ok := d.(*errdetails.ErrorInfo); ok {
-			want := auth.ReasonUnauthenticated
+			want := server.ReasonUnauthenticated
 			if code == codes.PermissionDenied {
-				want = auth.ReasonPermissionDenied
+				want = server.ReasonPermissionDenied
 			}
-			if ei.GetDomain() != auth.ErrorDomain || ei.GetReason() != want {
-				t.Errorf("ErrorInfo = %s/%s; want %s/%s", ei.GetDomain(), ei.GetReason(), auth.ErrorDomain, want)
+			if ei.GetDomain() != server.ErrorDomain || ei.GetReason() != want {
+				t.Errorf("ErrorInfo = %s/%s; want %s/%s", ei.GetDomain(), ei.GetReason(), server.ErrorDomain, want)
 			}
 			return
 		}
@@ -392,7 +395,7 @@ func TestAnonymousLoopbackOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	intercept := a.UnaryInterceptor()
+	intercept := a.UnaryInterceptor(server.RefusalStatus)
 	info := &grpc.UnaryServerInfo{FullMethod: "/tokenbroker.v1.TokenBrokerService/GetToken"}
 	for _, tt := range tests {
 		ctx := t.Context()
@@ -420,7 +423,7 @@ func TestMethods(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	intercept := a.UnaryInterceptor()
+	intercept := a.UnaryInterceptor(server.RefusalStatus)
 	ok := func(context.Context, any) (any, error) { return nil, nil }
 	var methods []string
 	for _, m := range tokenbrokerv1.TokenBrokerService_ServiceDesc.Methods {
@@ -448,7 +451,7 @@ func TestMethods(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	for _, full := range []string{"/grpc.health.v1.Health/Check", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"} {
-		if _, err := refuseAll.UnaryInterceptor()(t.Context(), struct{}{}, &grpc.UnaryServerInfo{FullMethod: full}, ok); err != nil {
+		if _, err := refuseAll.UnaryInterceptor(server.RefusalStatus)(t.Context(), struct{}{}, &grpc.UnaryServerInfo{FullMethod: full}, ok); err != nil {
 			t.Errorf("%s without credentials = %v; want exempt", full, err)
 		}
 	}
@@ -488,7 +491,7 @@ func TestStreamInterceptor(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ss := &fakeStream{ctx: tt.ctx, req: &tokenbrokerv1.GetTokenRequest{Connection: tt.connection}}
-			err := a.StreamInterceptor()(nil, ss, info, func(_ any, s grpc.ServerStream) error {
+			err := a.StreamInterceptor(server.RefusalStatus)(nil, ss, info, func(_ any, s grpc.ServerStream) error {
 				if c, ok := auth.CallerFrom(s.Context()); !ok || c.Name != "ops" {
 					return errors.New("handler: no caller in the stream's context")
 				}
@@ -554,7 +557,7 @@ func TestMayUseConnection(t *testing.T) {
 	}
 	info := &grpc.UnaryServerInfo{FullMethod: tokenbrokerv1.TokenBrokerService_ListConnections_FullMethodName}
 	ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}})
-	_, err = a.UnaryInterceptor()(ctx, &tokenbrokerv1.ListConnectionsRequest{}, info, func(ctx context.Context, _ any) (any, error) {
+	_, err = a.UnaryInterceptor(nil)(ctx, &tokenbrokerv1.ListConnectionsRequest{}, info, func(ctx context.Context, _ any) (any, error) {
 		for name, want := range map[string]bool{"pay-eu": true, "ops": true, "payroll": false, "other": false} {
 			if got := auth.MayUseConnection(ctx, name); got != want {
 				t.Errorf("MayUseConnection(%q) = %v; want %v", name, got, want)
@@ -564,5 +567,54 @@ func TestMayUseConnection(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("interceptor: %v", err)
+	}
+}
+
+// TestRefusalDetails: a refusal's status over gRPC carries the message and
+// exactly the ErrorInfo metadata auth has always given: the caller once
+// identified, and the connection as the request named it (if at most 64
+// bytes, valid name or not).
+func TestRefusalDetails(t *testing.T) {
+	a, err := auth.New(testConfig())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	cc := dial(t, startServer(t, a, nil), insecure.NewCredentials())
+	tests := []struct {
+		name, key, rpc, connection string
+		code                       codes.Code
+		reason, msg                string
+		meta                       map[string]string
+	}{
+		{"unknown key", wrongKey, "GetToken", "conn-a", codes.Unauthenticated, "UNAUTHENTICATED", "unknown API key", map[string]string{}},
+		{"connection", payKey, "GetToken", "conn-a", codes.PermissionDenied, "PERMISSION_DENIED",
+			`caller "payments" may not use connection "conn-a"`, map[string]string{"caller": "payments", "connection": "conn-a"}},
+		{"method", payKey, "ListConnections", "", codes.PermissionDenied, "PERMISSION_DENIED",
+			`caller "payments" may not call ListConnections`, map[string]string{"caller": "payments"}},
+		{"name outside the pattern", payKey, "GetToken", "Pay EU!", codes.PermissionDenied, "PERMISSION_DENIED",
+			`caller "payments" may not use connection "Pay EU!"`, map[string]string{"caller": "payments", "connection": "Pay EU!"}},
+		{"name too long", payKey, "GetToken", strings.Repeat("x", 65), codes.PermissionDenied, "PERMISSION_DENIED",
+			`caller "payments" may not use connection "` + strings.Repeat("x", 64) + `…"`, map[string]string{"caller": "payments"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := call(bearer(ctxWithTimeout(t), tt.key), cc, tt.rpc, tt.connection)
+			st := status.Convert(err)
+			if st.Code() != tt.code || st.Message() != tt.msg {
+				t.Errorf("%s = %v %q; want %v %q", tt.rpc, st.Code(), st.Message(), tt.code, tt.msg)
+			}
+			var ei *errdetails.ErrorInfo
+			for _, d := range st.Details() {
+				if e, ok := d.(*errdetails.ErrorInfo); ok {
+					ei = e
+				}
+			}
+			if ei.GetDomain() != "tokenbroker.v1" || ei.GetReason() != tt.reason {
+				t.Errorf("ErrorInfo = %s/%s; want tokenbroker.v1/%s", ei.GetDomain(), ei.GetReason(), tt.reason)
+			}
+			if diff := cmp.Diff(tt.meta, ei.GetMetadata(), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("ErrorInfo metadata (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -64,7 +64,7 @@ func TestAnonymousCallAllocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ic := a.UnaryInterceptor()
+	ic := a.UnaryInterceptor(nil)
 	info := &grpc.UnaryServerInfo{FullMethod: "/tokenbroker.v1.TokenBrokerService/GetToken"}
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("user-agent", "grpc-go", "content-type", "application/grpc"))
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}})

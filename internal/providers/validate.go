@@ -52,3 +52,31 @@ func CheckScope(s string) error {
 	}
 	return nil
 }
+
+// MaxTokenTypeBytes is the longest token type accepted, configured or sent.
+const MaxTokenTypeBytes = 64
+
+// CheckTokenType checks a token type (RFC 6749 §5.1 token_type, or a
+// configured default for one): a type-name of RFC 6749 §11.1,
+// 1*( ALPHA / DIGIT / "-" / "." / "_" ), such as "Bearer", "bearer" or
+// "DPoP", at most MaxTokenTypeBytes long. Callers put it in an
+// Authorization header as the scheme, so nothing else may pass. The error
+// does not quote s: it may come from an upstream.
+func CheckTokenType(s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty token type")
+	case len(s) > MaxTokenTypeBytes:
+		return fmt.Errorf("token type longer than %d bytes", MaxTokenTypeBytes)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '-' && c != '.' && c != '_' {
+			return fmt.Errorf("token type has a character RFC 6749 §11.1 does not allow (A-Z a-z 0-9 - . _) at byte %d", i)
+		}
+	}
+	return nil
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}

@@ -41,3 +41,25 @@ func TestCheckEndpointURL(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckTokenType(t *testing.T) {
+	for _, ok := range []string{"Bearer", "bearer", "DPoP", "N_A", "mac-1.0", strings.Repeat("a", providers.MaxTokenTypeBytes)} {
+		if err := providers.CheckTokenType(ok); err != nil {
+			t.Errorf("CheckTokenType(%q) = %v; want nil", ok, err)
+		}
+	}
+	for s, want := range map[string]string{
+		"":                      "empty token type",
+		"Bearer x":              "RFC 6749 §11.1 does not allow (A-Z a-z 0-9 - . _) at byte 6",
+		"Bearer\r\nX-A: 1":      "does not allow",
+		"Bearer:":               "does not allow",
+		"B\u00e9arer":           "does not allow",
+		"Bearer\x00":            "does not allow",
+		strings.Repeat("a", 65): "token type longer than 64 bytes",
+	} {
+		err := providers.CheckTokenType(s)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckTokenType(%q) = %v; want an error containing %q", s, err, want)
+		}
+	}
+}

@@ -152,13 +152,17 @@ func get(t *testing.T, u string) page {
 }
 
 func reason(err error) (codes.Code, string) {
-	st := status.Convert(err)
-	for _, d := range st.Details() {
+	return status.Code(err), errorInfo(err).GetReason()
+}
+
+// errorInfo is the status's ErrorInfo, or nil.
+func errorInfo(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
 		if i, ok := d.(*errdetails.ErrorInfo); ok {
-			return st.Code(), i.GetReason()
+			return i
 		}
 	}
-	return st.Code(), ""
+	return nil
 }
 
 func (e *waxEnv) connection(t *testing.T) *tokenbrokerv1.Connection {
@@ -363,6 +367,9 @@ func TestWAXRevokedThroughGRPC(t *testing.T) {
 	_, err := e.client.GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Connection: "wax"})
 	if c, r := reason(err); c != codes.FailedPrecondition || r != server.ReasonRevoked || !strings.Contains(err.Error(), "re-authorize") {
 		t.Errorf("GetToken() after revocation = %v; want FAILED_PRECONDITION %s saying re-authorize", err, server.ReasonRevoked)
+	}
+	if got := errorInfo(err).GetMetadata()["oauth_error"]; got != providers.CodeInvalidGrant {
+		t.Errorf("GetToken() after revocation: ErrorInfo oauth_error = %q; want %q", got, providers.CodeInvalidGrant)
 	}
 	if got := e.connection(t).GetState(); got != tokenbrokerv1.ConnectionState_CONNECTION_STATE_REVOKED {
 		t.Errorf("state after invalid_grant = %v; want REVOKED", got)

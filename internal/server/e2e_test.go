@@ -2,11 +2,14 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +54,9 @@ type env struct {
 	advance func(d time.Duration)
 	redis   *redis.Client // nil for the memory cache
 	logs    *logtest.Buffer
+	// override, when set, is the body of a 200 the upstream gives instead
+	// of asking the emulator: an answer ccemu never gives.
+	override *atomic.Pointer[[]byte]
 }
 
 type backend struct {
@@ -91,7 +97,15 @@ func start(t *testing.T, be backend, specs ...connSpec) *env {
 	}
 	clock := cachetest.NewClock(time.Unix(1_700_000_000, 0))
 	emu := ccemu.New(ccemu.Options{ClientID: clientID, ClientSecret: clientSecret, Lifetime: lifetime, Now: clock.Now})
-	up := httptest.NewServer(emu)
+	override := new(atomic.Pointer[[]byte])
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if body := override.Load(); body != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(*body)
+			return
+		}
+		emu.ServeHTTP(w, r)
+	}))
 	t.Cleanup(up.Close)
 	log, logs := logtest.New()
 	t.Cleanup(func() {
@@ -138,7 +152,7 @@ func start(t *testing.T, be backend, specs ...connSpec) *env {
 	t.Cleanup(func() { cc.Close() })
 	return &env{
 		client: tokenbrokerv1.NewTokenBrokerServiceClient(cc), emu: emu, clock: clock,
-		advance: func(d time.Duration) { clock.Advance(d); adv(d) }, redis: raw, logs: logs,
+		advance: func(d time.Duration) { clock.Advance(d); adv(d) }, redis: raw, logs: logs, override: override,
 	}
 }
 
@@ -402,4 +416,54 @@ func TestListConnections(t *testing.T) {
 	if c.GetName() != "cc" || c.GetProvider() != "client_credentials" || c.GetState() != tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY || c.GetTokenExpiresAt() == nil {
 		t.Errorf("ListConnections()[0] = %v", c)
 	}
+}
+
+// TestInvalidUpstreamResponse: a 200 whose access token would inject a
+// header is refused as UNAVAILABLE UPSTREAM_INVALID_RESPONSE, is not
+// cached, and its value is in neither the status nor the logs.
+func TestInvalidUpstreamResponse(t *testing.T) {
+	const injected = "X\nX-Injected: 1\r\n\u0001"
+	forEachBackend(t, func(t *testing.T, be backend) {
+		e := start(t, be)
+		body, err := json.Marshal(map[string]any{"access_token": injected, "token_type": "Bearer", "expires_in": 3600})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.override.Store(&body)
+		req := &tokenbrokerv1.GetTokenRequest{Connection: "cc"}
+		resp, err := e.client.GetToken(context.Background(), req)
+		st := status.Convert(err)
+		if st.Code() != codes.Unavailable || errorInfo(err).GetReason() != server.ReasonUpstreamInvalid {
+			t.Fatalf("GetToken() = %v %s; want UNAVAILABLE %s", st.Code(), errorInfo(err).GetReason(), server.ReasonUpstreamInvalid)
+		}
+		if resp.GetAccessToken() != "" {
+			t.Errorf("GetToken() returned a token with its error")
+		}
+		for _, part := range []string{"X-Injected", injected} {
+			if strings.Contains(st.Message(), part) {
+				t.Errorf("status message quotes the upstream's access token")
+			}
+			if strings.Contains(e.logs.String(), part) {
+				t.Errorf("logs quote the upstream's access token")
+			}
+		}
+		const rule = "access_token is not an RFC 6750 b64token"
+		if !strings.Contains(st.Message(), rule) {
+			t.Errorf("status message %q does not name the field and the rule", st.Message())
+		}
+		if !strings.Contains(e.logs.String(), rule) {
+			t.Errorf("no log line names the field and the rule %q", rule)
+		}
+
+		// Nothing was cached: with the upstream sane again, the next call
+		// asks it.
+		e.override.Store(nil)
+		tok := e.getToken(t, req)
+		if !e.emu.Valid(tok.GetAccessToken()) {
+			t.Errorf("GetToken() after the upstream recovered returned a token the emulator did not issue")
+		}
+		if got := e.emu.Requests(); got != 1 {
+			t.Errorf("emulator requests = %d; want 1 (the refused token must not have been cached)", got)
+		}
+	})
 }

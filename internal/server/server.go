@@ -1,6 +1,7 @@
 // Package server exposes the broker as tokenbroker.v1.TokenBrokerService.
 // It checks requests, calls the broker, and maps every error to a gRPC
-// status in one place (toStatus).
+// status in one place (statusOf in status.go), auth's refusals included
+// (RefusalStatus).
 package server
 
 import (

@@ -71,7 +71,7 @@ func newBenchSetup(b *testing.B) *benchSetup {
 	s := &benchSetup{
 		svc:   server.New(server.Config{Broker: br, Logger: log, Metrics: m}),
 		m:     m,
-		chain: []grpc.UnaryServerInterceptor{reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor()},
+		chain: []grpc.UnaryServerInterceptor{reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor(server.RefusalStatus)},
 	}
 	// As cmd/broker does once the services are registered.
 	gs := grpc.NewServer()

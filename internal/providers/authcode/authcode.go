@@ -101,6 +101,11 @@ type Config struct {
 	Timeout providers.Duration `yaml:"timeout"`
 	// MaxResponseBytes bounds a token response; 0 means 1 MiB.
 	MaxResponseBytes int64 `yaml:"max_response_bytes"`
+	// DefaultTokenType is assumed when a token response has no token_type,
+	// for an upstream known to omit it: "Bearer" or another RFC 6749 §11.1
+	// type name. Empty (the default): such a response is invalid, as
+	// RFC 6749 §5.1 requires token_type.
+	DefaultTokenType string `yaml:"default_token_type"`
 }
 
 var _ providers.Config = (*Config)(nil)
@@ -204,6 +209,11 @@ func (c *Config) problems(f flavor) []error {
 	if c.MaxResponseBytes < 0 {
 		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
 	}
+	if c.DefaultTokenType != "" {
+		if err := providers.CheckTokenType(c.DefaultTokenType); err != nil {
+			add("default_token_type", "%v", err)
+		}
+	}
 	return errs
 }
 
@@ -291,6 +301,7 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
 			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
+			DefaultTokenType: c.DefaultTokenType,
 			Timeout:          timeout,
 			Now:              env.Now, // nil: time.Now
 		},
@@ -437,17 +448,13 @@ func (p *provider) token(resp *tokenhttp.Response, fallback []string) (*provider
 	if err != nil {
 		return nil, err
 	}
-	tokenType := resp.TokenType
-	if tokenType == "" {
-		tokenType = "bearer"
-	}
 	scopes := normalize(strings.Fields(resp.Scope))
 	if scopes == nil {
 		scopes = slices.Clone(fallback)
 	}
 	return &providers.Token{
 		AccessToken: resp.AccessToken,
-		TokenType:   tokenType,
+		TokenType:   resp.TokenType,
 		Expiry:      resp.Sent.Add(lifetime),
 		Scopes:      scopes,
 	}, nil

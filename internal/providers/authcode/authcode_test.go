@@ -75,6 +75,11 @@ func TestValidate(t *testing.T) {
 			c.Scopes = []string{"ok", "not ok"}
 			c.Timeout.Duration, c.DefaultLifetime.Duration, c.MaxResponseBytes = -1, -1, -1
 		}), []string{"scopes[1]:", "timeout: must not be negative", "default_lifetime: must not be negative", "max_response_bytes: must not be negative"}},
+		{"default token type ok", generic(func(c *authcode.Config) { c.DefaultTokenType = "Bearer" }), nil},
+		{"bad default token type", generic(func(c *authcode.Config) { c.DefaultTokenType = "Bearer x" }),
+			[]string{"default_token_type: token type has a character RFC 6749 §11.1 does not allow"}},
+		{"wax bad default token type", wax(func(c *authcode.WAXConfig) { c.DefaultTokenType = "Bearer\n" }),
+			[]string{"default_token_type: token type has a character"}},
 		{"wax ok", wax(func(*authcode.WAXConfig) {}), nil},
 		{"wax sandbox device secret ok", wax(func(c *authcode.WAXConfig) {
 			c.Environment, c.ClientSecret, c.DeviceSecret = "sandbox", secret.Ref{}, true
@@ -547,5 +552,38 @@ func TestPKCE(t *testing.T) {
 	wax := authcode.WAXConfig{Config: authcode.Config{ClientID: clientID, ClientSecret: secret.Ref{Env: "WAX_SECRET"}, PKCE: true}}
 	if err := wax.Validate(); err == nil || !strings.Contains(err.Error(), "pkce: wax does not support PKCE") {
 		t.Errorf("WAXConfig{PKCE: true}.Validate() = %v; want a pkce error", err)
+	}
+}
+
+// TestDefaultTokenType: an answer without token_type is refused unless the
+// connection sets default_token_type, which then stands in for it.
+func TestDefaultTokenType(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"at-123456","expires_in":600,"refresh_token":"rt-123456"}`))
+	}))
+	defer srv.Close()
+	for _, tc := range []struct{ defaultType, want string }{{"", ""}, {"Bearer", "Bearer"}} {
+		t.Run("default "+tc.defaultType, func(t *testing.T) {
+			cfg := &authcode.Config{AuthorizeURL: srv.URL + "/auth", TokenURL: srv.URL + "/token", ClientID: clientID,
+				ClientSecret: secret.Ref{Env: "WAX_SECRET"}, DefaultTokenType: tc.defaultType}
+			p, err := cfg.Open(env(time.Now))
+			if err != nil {
+				t.Fatalf("Open() = %v", err)
+			}
+			tok, err := p.(providers.Authorizer).Exchange(context.Background(), "the-code", "")
+			if tc.want == "" {
+				if !errors.Is(err, providers.ErrInvalidResponse) || !strings.Contains(err.Error(), "no token_type") {
+					t.Fatalf("Exchange() error = %v; want ErrInvalidResponse for the missing token_type", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Exchange() = %v", err)
+			}
+			if tok.TokenType != tc.want {
+				t.Errorf("Exchange().TokenType = %q; want %q", tok.TokenType, tc.want)
+			}
+		})
 	}
 }

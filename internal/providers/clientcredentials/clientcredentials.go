@@ -68,6 +68,11 @@ type Config struct {
 	Timeout providers.Duration `yaml:"timeout"`
 	// MaxResponseBytes bounds a token response; 0 means 1 MiB.
 	MaxResponseBytes int64 `yaml:"max_response_bytes"`
+	// DefaultTokenType is assumed when a token response has no token_type,
+	// for an upstream known to omit it: "Bearer" or another RFC 6749 §11.1
+	// type name. Empty (the default): such a response is invalid, as
+	// RFC 6749 §5.1 requires token_type.
+	DefaultTokenType string `yaml:"default_token_type"`
 	// EndpointParams are extra form fields sent with every request, such
 	// as audience. grant_type, scope, client_id and client_secret are
 	// not allowed.
@@ -116,6 +121,11 @@ func (c *Config) Validate() error {
 	if c.MaxResponseBytes < 0 {
 		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
 	}
+	if c.DefaultTokenType != "" {
+		if err := providers.CheckTokenType(c.DefaultTokenType); err != nil {
+			add("default_token_type", "%v", err)
+		}
+	}
 	keys := make([]string, 0, len(c.EndpointParams))
 	for k := range c.EndpointParams {
 		keys = append(keys, k)
@@ -162,6 +172,7 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
 			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
+			DefaultTokenType: c.DefaultTokenType,
 			Timeout:          timeout,
 			Now:              env.Now, // nil: time.Now
 		},
@@ -205,10 +216,6 @@ func (p *provider) Token(ctx context.Context, req providers.Request) (*providers
 	if err != nil {
 		return nil, fmt.Errorf("clientcredentials: %w", err)
 	}
-	tokenType := resp.TokenType
-	if tokenType == "" {
-		tokenType = "Bearer"
-	}
 	granted := strings.Fields(resp.Scope)
 	if len(granted) == 0 {
 		granted = slices.Clone(scopes)
@@ -221,7 +228,7 @@ func (p *provider) Token(ctx context.Context, req providers.Request) (*providers
 	}
 	return &providers.Token{
 		AccessToken: resp.AccessToken,
-		TokenType:   tokenType,
+		TokenType:   resp.TokenType,
 		Expiry:      resp.Sent.Add(lifetime),
 		Scopes:      granted,
 	}, nil

@@ -258,16 +258,20 @@ func TestTokenErrors(t *testing.T) {
 // TestUpstreamResponses covers answers ccemu never gives.
 func TestUpstreamResponses(t *testing.T) {
 	tests := []struct {
-		name       string
-		body       string
-		wantErr    error
-		wantType   string
-		wantExpiry time.Duration
-		wantScopes []string
+		name        string
+		defaultType string // Config.DefaultTokenType
+		body        string
+		wantErr     error
+		wantType    string
+		wantExpiry  time.Duration
+		wantScopes  []string
 	}{
 		{name: "lower-case bearer", body: `{"access_token":"t","token_type":"bearer","expires_in":60}`, wantType: "bearer", wantExpiry: time.Minute, wantScopes: []string{"read"}},
-		{name: "no token_type", body: `{"access_token":"t","expires_in":60}`, wantType: "Bearer", wantExpiry: time.Minute, wantScopes: []string{"read"}},
-		{name: "granted scopes differ", body: `{"access_token":"t","expires_in":60,"scope":"write read read"}`, wantType: "Bearer", wantExpiry: time.Minute, wantScopes: []string{"read", "write"}},
+		{name: "no token_type", body: `{"access_token":"t","expires_in":60}`, wantErr: providers.ErrInvalidResponse},
+		{name: "no token_type, default_token_type set", defaultType: "Bearer", body: `{"access_token":"t","expires_in":60}`, wantType: "Bearer", wantExpiry: time.Minute, wantScopes: []string{"read"}},
+		{name: "token_type sent, default_token_type set", defaultType: "Bearer", body: `{"access_token":"t","token_type":"bearer","expires_in":60}`, wantType: "bearer", wantExpiry: time.Minute, wantScopes: []string{"read"}},
+		{name: "control character in access_token", body: `{"access_token":"t\r\nX: 1","token_type":"Bearer","expires_in":60}`, wantErr: providers.ErrInvalidResponse},
+		{name: "granted scopes differ", body: `{"access_token":"t","token_type":"Bearer","expires_in":60,"scope":"write read read"}`, wantType: "Bearer", wantExpiry: time.Minute, wantScopes: []string{"read", "write"}},
 		{name: "absurd expires_in", body: `{"access_token":"t","expires_in":1584651600}`, wantErr: providers.ErrInvalidResponse},
 		{name: "negative expires_in", body: `{"access_token":"t","expires_in":-5}`, wantErr: providers.ErrInvalidResponse},
 		{name: "no access_token", body: `{"token_type":"Bearer","expires_in":60}`, wantErr: providers.ErrInvalidResponse},
@@ -279,7 +283,8 @@ func TestUpstreamResponses(t *testing.T) {
 				io.WriteString(w, tt.body)
 			}))
 			defer srv.Close()
-			p := open(t, clientcredentials.Config{TokenURL: srv.URL, ClientID: clientID, ClientSecret: secret.Ref{Env: secretEnv}})
+			p := open(t, clientcredentials.Config{TokenURL: srv.URL, ClientID: clientID, ClientSecret: secret.Ref{Env: secretEnv},
+				DefaultTokenType: tt.defaultType})
 			tok, err := p.Token(context.Background(), providers.Request{Scopes: []string{"read"}})
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
@@ -344,6 +349,7 @@ func TestValidate(t *testing.T) {
 				c.Timeout = providers.Duration{Duration: time.Second}
 				c.MaxResponseBytes = 4096
 				c.EndpointParams = map[string]string{"audience": "x"}
+				c.DefaultTokenType = "Bearer"
 			},
 		},
 		{
@@ -361,6 +367,7 @@ func TestValidate(t *testing.T) {
 				c.DefaultLifetime = providers.Duration{Duration: -time.Second}
 				c.Timeout = providers.Duration{Duration: -time.Second}
 				c.MaxResponseBytes = -1
+				c.DefaultTokenType = "Bearer: x"
 				c.EndpointParams = map[string]string{"scope": "admin", "grant_type": "password", "audience": "ok"}
 			},
 			want: []string{
@@ -372,6 +379,7 @@ func TestValidate(t *testing.T) {
 				"default_lifetime: must not be negative",
 				"timeout: must not be negative",
 				"max_response_bytes: must not be negative",
+				"default_token_type: token type has a character RFC 6749 §11.1 does not allow",
 				`endpoint_params: "grant_type" is set by the grant`,
 				`endpoint_params: "scope" is set by the grant`,
 			},
@@ -514,6 +522,7 @@ scopes: [read, write]
 default_lifetime: 30m
 timeout: 5s
 max_response_bytes: 65536
+default_token_type: Bearer
 endpoint_params: {audience: payments}
 `
 	dec := yaml.NewDecoder(strings.NewReader(doc))
@@ -531,6 +540,7 @@ endpoint_params: {audience: payments}
 		DefaultLifetime:  providers.Duration{Duration: 30 * time.Minute},
 		Timeout:          providers.Duration{Duration: 5 * time.Second},
 		MaxResponseBytes: 65536,
+		DefaultTokenType: "Bearer",
 		EndpointParams:   map[string]string{"audience": "payments"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

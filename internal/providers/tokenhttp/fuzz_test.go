@@ -62,7 +62,7 @@ func expand(body []byte, basic string) []byte {
 // FuzzPost sends a token request whose answer (status, body, Retry-After
 // and Location) is fuzzed. Post must not panic; its result is a Response or
 // an error of one of the three classes; a 2xx gives a token or
-// ErrInvalidResponse; and no error quotes a secret the request carried, in
+// ErrInvalidResponse, whose tokens are visible ASCII; and no error quotes a secret the request carried, in
 // any form, nor the access token of a 2xx body.
 func FuzzPost(f *testing.F) {
 	f.Add(200, []byte(`{"access_token":"$AT","token_type":"Bearer","expires_in":3600,"scope":"read write"}`), uint8(0), "", "")
@@ -129,6 +129,14 @@ func FuzzPost(f *testing.F) {
 			}
 			if resp.AccessToken.IsZero() {
 				t.Fatal("Post() succeeded without an access token")
+			}
+			if err := providers.CheckTokenType(resp.TokenType); err != nil {
+				t.Fatalf("Post() succeeded with a bad token type: %v", err)
+			}
+			for _, tok := range []string{resp.AccessToken.Reveal(), resp.RefreshToken.Reveal()} {
+				if len(tok) > tokenhttp.MaxTokenBytes || strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0 {
+					t.Fatal("Post() succeeded with a token that is too long or not visible ASCII")
+				}
 			}
 			if resp.ExpiresIn != nil && *resp.ExpiresIn < 0 {
 				t.Fatalf("ExpiresIn = %d; want ≥ 0", *resp.ExpiresIn)

@@ -23,10 +23,27 @@
 //   - HTTP 4xx without such a body, or a 3xx (redirects are not followed: a
 //     token request is never re-sent elsewhere): wraps providers.ErrRejected,
 //     with no *providers.OAuthError in the chain;
-//   - HTTP 2xx that is not a JSON object, lacks access_token, or has a field
-//     of the wrong type; or a body larger than Client.MaxResponseBytes with
-//     any status but 5xx and 429 (those need no body): wraps
-//     providers.ErrInvalidResponse ("response larger than N bytes").
+//   - HTTP 2xx that is not a JSON object, lacks access_token, has a field
+//     of the wrong type, or fails the token checks below; or a body larger
+//     than Client.MaxResponseBytes with any status but 5xx and 429 (those
+//     need no body): wraps providers.ErrInvalidResponse ("response larger
+//     than N bytes").
+//
+// A 2xx response is checked before anything of it is used, because callers
+// put its tokens into HTTP headers and the broker stores them:
+//
+//   - token_type is required (RFC 6749 §5.1) unless Client.DefaultTokenType
+//     stands in for it, and is an RFC 6749 §11.1 type-name
+//     (providers.CheckTokenType);
+//   - access_token, and refresh_token when present, are non-empty and at
+//     most MaxTokenBytes long;
+//   - a Bearer access token (token_type compared without case) is an
+//     RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" /
+//     "+" / "/" ) *"=";
+//   - any other access token, and every refresh token, is visible ASCII
+//     (%x21-7E): no control character, space or non-ASCII byte.
+//
+// A failed check names the field and the rule, never the value.
 //
 // No error message ever contains a secret, a token, or the body of a 2xx
 // response.
@@ -59,6 +76,14 @@ const (
 	DefaultMaxResponseBytes int64 = 1 << 20
 	DefaultTimeout                = 30 * time.Second
 )
+
+// MaxTokenBytes is the longest access_token or refresh_token accepted, in
+// bytes. Callers send the access token in an Authorization header, and
+// common servers and proxies refuse a header line over 8 KiB (nginx's
+// large_client_header_buffers, Apache's LimitRequestFieldSize); 4 KiB
+// leaves room for the rest of the request and is far above the tokens of
+// the supported upstreams.
+const MaxTokenBytes = 4096
 
 // maxDescription is the most of an upstream error_description kept, in bytes.
 const maxDescription = 200
@@ -128,6 +153,11 @@ type Client struct {
 	Timeout time.Duration
 	// Now reads the clock; nil means time.Now.
 	Now func() time.Time
+	// DefaultTokenType stands in for a missing token_type, for upstreams
+	// known to omit it; "" (the default) makes a response without one
+	// ErrInvalidResponse, as RFC 6749 §5.1 requires the member. It must
+	// pass providers.CheckTokenType.
+	DefaultTokenType string
 }
 
 // A Response is a successful (2xx) token response, RFC 6749 §5.1.
@@ -138,9 +168,11 @@ type Response struct {
 	Sent time.Time
 	// Status is the HTTP status code (2xx).
 	Status int
-	// AccessToken is never empty.
+	// AccessToken is never empty, and passed the checks in the package
+	// documentation.
 	AccessToken secret.Value
-	// TokenType as sent ("bearer", "Bearer", …); "" when absent.
+	// TokenType as sent ("bearer", "Bearer", …), or Client.DefaultTokenType
+	// when absent; never empty.
 	TokenType string
 	// ExpiresIn is the expires_in value as sent, a JSON number or a numeric
 	// string; nil when absent or null. Its meaning (seconds left, or an
@@ -272,7 +304,7 @@ func (c *Client) Post(ctx context.Context, tokenURL string, form url.Values, aut
 		return nil, fmt.Errorf("%w: HTTP %d redirect%s not followed: check the token URL",
 			providers.ErrRejected, st, redirectTarget(resp.Header.Get(hiddenLocation), scrubList(body, auth, basicUser, basicPass)))
 	case st >= 200:
-		return parseSuccess(sent, st, data)
+		return parseSuccess(sent, st, data, c.DefaultTokenType)
 	default:
 		return nil, fmt.Errorf("%w: unexpected HTTP %d", providers.ErrInvalidResponse, st)
 	}
@@ -342,8 +374,9 @@ func cloneValues(v url.Values) url.Values {
 	return out
 }
 
-// parseSuccess decodes a 2xx token response. Its messages never quote the body.
-func parseSuccess(sent time.Time, status int, data []byte) (*Response, error) {
+// parseSuccess decodes and checks a 2xx token response; defaultType stands
+// in for a missing token_type. Its messages never quote the body.
+func parseSuccess(sent time.Time, status int, data []byte, defaultType string) (*Response, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil || fields == nil {
 		return nil, fmt.Errorf("%w: HTTP %d: body is not a JSON object (%d bytes)", providers.ErrInvalidResponse, status, len(data))
@@ -357,17 +390,35 @@ func parseSuccess(sent time.Time, status int, data []byte) (*Response, error) {
 	case !present || at == "":
 		return nil, fmt.Errorf("%w: HTTP %d: no access_token in the response", providers.ErrInvalidResponse, status)
 	}
-	r.AccessToken = secret.New(at)
-
-	rt, _, err := stringField(fields, "refresh_token")
+	rt, rtPresent, err := stringField(fields, "refresh_token")
 	if err != nil {
 		return nil, fmt.Errorf("%w: HTTP %d: %w", providers.ErrInvalidResponse, status, err)
 	}
-	r.RefreshToken = secret.New(rt)
-
-	if r.TokenType, _, err = stringField(fields, "token_type"); err != nil {
+	tt, ttPresent, err := stringField(fields, "token_type")
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: HTTP %d: %w", providers.ErrInvalidResponse, status, err)
+	case !ttPresent && defaultType == "":
+		return nil, fmt.Errorf("%w: HTTP %d: no token_type in the response (RFC 6749 §5.1 requires it; "+
+			"set default_token_type for an upstream known to omit it)", providers.ErrInvalidResponse, status)
+	case !ttPresent:
+		tt = defaultType
+	}
+	if err := providers.CheckTokenType(tt); err != nil {
+		return nil, fmt.Errorf("%w: HTTP %d: token_type: %w", providers.ErrInvalidResponse, status, err)
+	}
+	if err := checkToken("access_token", at, strings.EqualFold(tt, "Bearer")); err != nil {
 		return nil, fmt.Errorf("%w: HTTP %d: %w", providers.ErrInvalidResponse, status, err)
 	}
+	if rtPresent {
+		if err := checkToken("refresh_token", rt, false); err != nil {
+			return nil, fmt.Errorf("%w: HTTP %d: %w", providers.ErrInvalidResponse, status, err)
+		}
+	}
+	r.TokenType = tt
+	r.AccessToken = secret.New(at)
+	r.RefreshToken = secret.New(rt)
+
 	if r.Scope, err = scopeField(fields["scope"]); err != nil {
 		return nil, fmt.Errorf("%w: HTTP %d: %w", providers.ErrInvalidResponse, status, err)
 	}
@@ -383,6 +434,52 @@ func parseSuccess(sent time.Time, status int, data []byte) (*Response, error) {
 	delete(fields, "refresh_token")
 	r.Fields = fields
 	return r, nil
+}
+
+// checkToken applies the token checks of the package documentation to the
+// member field: b64token when bearer, visible ASCII otherwise. Its messages
+// name the field and the rule, and at most the offending byte's offset.
+func checkToken(field, tok string, bearer bool) error {
+	switch {
+	case tok == "":
+		return fmt.Errorf("%s is empty", field)
+	case len(tok) > MaxTokenBytes:
+		return fmt.Errorf("%s is longer than %d bytes", field, MaxTokenBytes)
+	}
+	if bearer {
+		if i := notB64token(tok); i >= 0 {
+			return fmt.Errorf("%s is not an RFC 6750 b64token (A-Z a-z 0-9 - . _ ~ + /, then only =): byte %d", field, i)
+		}
+		return nil
+	}
+	for i := 0; i < len(tok); i++ {
+		if c := tok[i]; c < 0x21 || c > 0x7e {
+			return fmt.Errorf("%s has a byte outside visible ASCII (no control character, space or non-ASCII): byte %d", field, i)
+		}
+	}
+	return nil
+}
+
+// notB64token returns the offset of the first byte of tok that breaks
+// RFC 6750 §2.1 b64token, 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" /
+// "/" ) *"=", or -1 when tok is one.
+func notB64token(tok string) int {
+	i := 0
+	for ; i < len(tok); i++ {
+		c := tok[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~+/", c) >= 0) {
+			break
+		}
+	}
+	if i == 0 {
+		return 0
+	}
+	for ; i < len(tok); i++ {
+		if tok[i] != '=' {
+			return i
+		}
+	}
+	return -1
 }
 
 // stringField reads an optional string member; null counts as absent.

@@ -244,9 +244,9 @@ func TestExpiresIn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body := `{"access_token":"tok"}`
+			body := `{"access_token":"tok","token_type":"Bearer"}`
 			if tt.field != "" {
-				body = `{"access_token":"tok","expires_in":` + tt.field + `}`
+				body = `{"access_token":"tok","token_type":"Bearer","expires_in":` + tt.field + `}`
 			}
 			u := upstream(t, answer(200, body))
 			resp, err := (&tokenhttp.Client{}).Post(context.Background(), u, url.Values{}, basicAuth())
@@ -535,7 +535,7 @@ func TestPostTimeouts(t *testing.T) {
 
 func TestPostSizeLimit(t *testing.T) {
 	const max = 200
-	ok := `{"access_token":"tok"}`
+	ok := `{"access_token":"tok","token_type":"Bearer"}`
 	exact := ok[:len(ok)-1] + strings.Repeat(" ", max-len(ok)) + "}"
 	tests := []struct {
 		name    string
@@ -680,5 +680,86 @@ func TestRedirectNotFollowed(t *testing.T) {
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("redirect target got %d requests; want 0", n)
+	}
+}
+
+// TestResponseChecks: what a 2xx answer must be before any of it is used.
+// Each refused body holds the marker; the error must name the field and
+// the rule and quote nothing of the value.
+func TestResponseChecks(t *testing.T) {
+	const marker = "MARK"
+	long := marker + strings.Repeat("a", tokenhttp.MaxTokenBytes-len(marker))
+	jsonString := func(s string) string {
+		b, _ := json.Marshal(s)
+		return string(b)
+	}
+	tests := []struct {
+		name        string
+		body        string
+		defaultType string // Client.DefaultTokenType
+		wantType    string // on success
+		wantInMsg   string // on failure: the rule, naming the field
+	}{
+		{name: "bearer", body: `{"access_token":"` + marker + `-._~+/9==","token_type":"Bearer"}`, wantType: "Bearer"},
+		{name: "lower-case bearer", body: `{"access_token":"` + marker + `","token_type":"bearer"}`, wantType: "bearer"},
+		{name: "longest token", body: `{"access_token":"` + long + `","refresh_token":"` + long + `","token_type":"Bearer"}`, wantType: "Bearer"},
+		{name: "other type: visible ASCII", body: `{"access_token":"` + marker + `!\"#$%&'()*,:;<>?@[\\]^{|}","token_type":"MAC"}`, wantType: "MAC"},
+		{name: "refresh token: visible ASCII", body: `{"access_token":"a","refresh_token":"` + marker + `!*:@","token_type":"Bearer"}`, wantType: "Bearer"},
+		{name: "refresh token null", body: `{"access_token":"a","refresh_token":null,"token_type":"Bearer"}`, wantType: "Bearer"},
+		{name: "default applied", body: `{"access_token":"` + marker + `"}`, defaultType: "Bearer", wantType: "Bearer"},
+		{name: "default not applied when sent", body: `{"access_token":"` + marker + `","token_type":"bearer"}`, defaultType: "Bearer", wantType: "bearer"},
+
+		{name: "header injection", body: `{"access_token":` + jsonString(marker+"X\nX-Injected: 1\r\n\u0001") + `,"token_type":"Bearer"}`,
+			wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "header injection, other type", body: `{"access_token":` + jsonString(marker+"X\nX-Injected: 1\r\n\u0001") + `,"token_type":"MAC"}`,
+			wantInMsg: "access_token has a byte outside visible ASCII"},
+		{name: "space", body: `{"access_token":"` + marker + ` x","token_type":"Bearer"}`, wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "space, other type", body: `{"access_token":"` + marker + ` x","token_type":"MAC"}`, wantInMsg: "access_token has a byte outside visible ASCII"},
+		{name: "non-ASCII", body: `{"access_token":"` + marker + `\u00e9","token_type":"Bearer"}`, wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "non-ASCII, other type", body: `{"access_token":"` + marker + `\u00e9","token_type":"MAC"}`, wantInMsg: "access_token has a byte outside visible ASCII"},
+		{name: "bearer: = inside", body: `{"access_token":"` + marker + `=x","token_type":"Bearer"}`, wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "bearer: only =", body: `{"access_token":"==","token_type":"Bearer"}`, wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "bearer: outside b64token", body: `{"access_token":"` + marker + `!","token_type":"bearer"}`, wantInMsg: "access_token is not an RFC 6750 b64token"},
+		{name: "too long", body: `{"access_token":"` + long + `x","token_type":"Bearer"}`, wantInMsg: fmt.Sprintf("access_token is longer than %d bytes", tokenhttp.MaxTokenBytes)},
+		{name: "empty", body: `{"access_token":"","token_type":"Bearer"}`, wantInMsg: "no access_token in the response"},
+		{name: "refresh token empty", body: `{"access_token":"a","refresh_token":"","token_type":"Bearer"}`, wantInMsg: "refresh_token is empty"},
+		{name: "refresh token too long", body: `{"access_token":"a","refresh_token":"` + long + `x","token_type":"Bearer"}`,
+			wantInMsg: fmt.Sprintf("refresh_token is longer than %d bytes", tokenhttp.MaxTokenBytes)},
+		{name: "refresh token injection", body: `{"access_token":"a","refresh_token":` + jsonString(marker+"X\nX-Injected: 1\r\n\u0001") + `,"token_type":"Bearer"}`,
+			wantInMsg: "refresh_token has a byte outside visible ASCII"},
+		{name: "refresh token space", body: `{"access_token":"a","refresh_token":"` + marker + ` x","token_type":"Bearer"}`,
+			wantInMsg: "refresh_token has a byte outside visible ASCII"},
+		{name: "missing token_type", body: `{"access_token":"` + marker + `"}`, wantInMsg: "no token_type in the response (RFC 6749 §5.1 requires it"},
+		{name: "null token_type", body: `{"access_token":"` + marker + `","token_type":null}`, wantInMsg: "no token_type"},
+		{name: "empty token_type", body: `{"access_token":"a","token_type":""}`, defaultType: "Bearer", wantInMsg: "token_type: empty token type"},
+		{name: "token_type injection", body: `{"access_token":"a","token_type":` + jsonString("Bearer\r\nX-"+marker+": 1") + `}`,
+			wantInMsg: "token_type: token type has a character RFC 6749 §11.1 does not allow"},
+		{name: "token_type too long", body: `{"access_token":"a","token_type":"` + marker + strings.Repeat("a", providers.MaxTokenTypeBytes) + `"}`,
+			wantInMsg: fmt.Sprintf("token_type: token type longer than %d bytes", providers.MaxTokenTypeBytes)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := upstream(t, answer(200, tt.body))
+			c := &tokenhttp.Client{DefaultTokenType: tt.defaultType}
+			resp, err := c.Post(context.Background(), u, url.Values{}, basicAuth())
+			if tt.wantInMsg == "" {
+				if err != nil {
+					t.Fatalf("Post: %v", err)
+				}
+				if resp.TokenType != tt.wantType {
+					t.Errorf("TokenType = %q; want %q", resp.TokenType, tt.wantType)
+				}
+				return
+			}
+			if !errors.Is(err, providers.ErrInvalidResponse) {
+				t.Fatalf("Post error = %v; want ErrInvalidResponse", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantInMsg) {
+				t.Errorf("Post error = %q; want it to contain %q", err, tt.wantInMsg)
+			}
+			if strings.Contains(err.Error(), marker) {
+				t.Errorf("Post error quotes the response's value")
+			}
+		})
 	}
 }

@@ -105,7 +105,7 @@ func FuzzDecode(f *testing.F) {
 			return // tokenhttp refuses the response before decode sees it
 		}
 		resp := &tokenhttp.Response{Sent: sent, Status: 200, AccessToken: secret.New(at),
-			RefreshToken: secret.New(rt), Scope: scope}
+			RefreshToken: secret.New(rt), TokenType: "bearer", Scope: scope}
 		if present {
 			resp.ExpiresIn = &n
 		}

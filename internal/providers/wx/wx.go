@@ -97,6 +97,11 @@ type Config struct {
 	Timeout providers.Duration `yaml:"timeout"`
 	// MaxResponseBytes bounds a token response; 0 means 1 MiB.
 	MaxResponseBytes int64 `yaml:"max_response_bytes"`
+	// DefaultTokenType is assumed when a token response has no token_type,
+	// for an upstream known to omit it: "Bearer" or another RFC 6749 §11.1
+	// type name. Empty (the default): such a response is invalid, as
+	// RFC 6749 §5.1 requires token_type.
+	DefaultTokenType string `yaml:"default_token_type"`
 }
 
 var _ providers.Config = (*Config)(nil)
@@ -152,6 +157,11 @@ func (c *Config) Validate() error {
 	if c.MaxResponseBytes < 0 {
 		add("max_response_bytes", "must not be negative, got %d", c.MaxResponseBytes)
 	}
+	if c.DefaultTokenType != "" {
+		if err := providers.CheckTokenType(c.DefaultTokenType); err != nil {
+			add("default_token_type", "%v", err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -200,6 +210,7 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 		client: &tokenhttp.Client{
 			HTTP:             env.HTTPClient,
 			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
+			DefaultTokenType: c.DefaultTokenType,
 			Timeout:          timeout,
 			Now:              now,
 		},
@@ -378,10 +389,6 @@ func (p *provider) decode(resp *tokenhttp.Response, signed time.Time) (*provider
 			providers.ErrInvalidResponse, stamp(expiry), MaxTokenLifetime)
 	}
 
-	tokenType := resp.TokenType
-	if tokenType == "" {
-		tokenType = "Bearer"
-	}
 	scopes := strings.Fields(resp.Scope)
 	if len(scopes) == 0 {
 		scopes = []string{Scope}
@@ -400,7 +407,7 @@ func (p *provider) decode(resp *tokenhttp.Response, signed time.Time) (*provider
 	}
 	return &providers.Token{
 		AccessToken: resp.AccessToken,
-		TokenType:   tokenType,
+		TokenType:   resp.TokenType,
 		Expiry:      expiry,
 		Scopes:      scopes,
 		Grant:       g,

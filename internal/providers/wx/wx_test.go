@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -478,6 +479,7 @@ func TestValidate(t *testing.T) {
 			c.Seed, c.PrivateKey = secret.Ref{}, secret.Ref{Env: "WX_KEY"}
 			c.ChainID = "T"
 			c.TokenLifetime = providers.Duration{Duration: 168 * time.Hour}
+			c.DefaultTokenType = "Bearer"
 			return c
 		}},
 		{name: "empty", cfg: func() *wx.Config { return &wx.Config{} }, want: []string{
@@ -496,6 +498,7 @@ func TestValidate(t *testing.T) {
 				TokenLifetime:    providers.Duration{Duration: 169 * time.Hour},
 				Timeout:          providers.Duration{Duration: -time.Second},
 				MaxResponseBytes: -1,
+				DefaultTokenType: "bearer token",
 			}
 		}, want: []string{
 			"token_url: must be an absolute http or https URL",
@@ -506,6 +509,7 @@ func TestValidate(t *testing.T) {
 			"token_lifetime: must be between 1m0s and 168h0m0s",
 			"timeout: must not be negative",
 			"max_response_bytes: must not be negative",
+			"default_token_type: token type has a character RFC 6749 §11.1 does not allow",
 		}},
 		{name: "seed ref with both sources, lifetime too short", cfg: func() *wx.Config {
 			c := valid()
@@ -625,6 +629,7 @@ connections:
     token_lifetime: 24h
     timeout: 5s
     max_response_bytes: 65536
+    default_token_type: bearer
 `
 		cfg, err := config.Parse([]byte(yml), reg)
 		if err != nil {
@@ -638,6 +643,7 @@ connections:
 			TokenLifetime:    providers.Duration{Duration: 24 * time.Hour},
 			Timeout:          providers.Duration{Duration: 5 * time.Second},
 			MaxResponseBytes: 65536,
+			DefaultTokenType: "bearer",
 		}
 		if diff := cmp.Diff(want, cfg.Connections[0].Provider); diff != "" {
 			t.Errorf("decoded config (-want +got):\n%s", diff)
@@ -696,4 +702,47 @@ func TestNonce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDefaultTokenType: the gateway documents token_type (always bearer,
+// PROTOCOLS.md §1), so an answer without one is refused unless the
+// connection sets default_token_type.
+func TestDefaultTokenType(t *testing.T) {
+	for _, tc := range []struct{ defaultType, want string }{{"", ""}, {"Bearer", "Bearer"}} {
+		t.Run("default "+tc.defaultType, func(t *testing.T) {
+			f := newFixture(t, wxemu.Options{ExpiresIn: wxemu.Absolute})
+			f.wire.h = withoutTokenType{f.emu}
+			f.cfg.DefaultTokenType = tc.defaultType
+			tok, err := f.open(t).(providers.Provider).Token(context.Background(), providers.Request{})
+			if tc.want == "" {
+				if !errors.Is(err, providers.ErrInvalidResponse) || !strings.Contains(err.Error(), "no token_type") {
+					t.Fatalf("Token() error = %v; want ErrInvalidResponse for the missing token_type", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Token() error = %v", err)
+			}
+			if tok.TokenType != tc.want {
+				t.Errorf("Token().TokenType = %q; want %q", tok.TokenType, tc.want)
+			}
+		})
+	}
+}
+
+// withoutTokenType drops token_type from the emulator's answers.
+type withoutTokenType struct{ h http.Handler }
+
+func (w withoutTokenType) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	w.h.ServeHTTP(rec, r)
+	var body map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		http.Error(rw, "emulator answer is not JSON", http.StatusInternalServerError)
+		return
+	}
+	delete(body, "token_type")
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(rec.Code)
+	_ = json.NewEncoder(rw).Encode(body)
 }
