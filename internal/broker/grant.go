@@ -58,7 +58,9 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, g *provid
 		case g == nil || g.State == providers.GrantNeedsAuthorization:
 			return nil, nil, providers.ErrNeedsAuthorization
 		case g.State == providers.GrantRevoked:
-			return nil, nil, providers.ErrRevoked
+			// The upstream's answer that revoked it, for every caller.
+			return nil, nil, fmt.Errorf("%w: %w", providers.ErrRevoked,
+				&providers.OAuthError{Code: providers.CodeInvalidGrant, Description: "the stored grant was revoked by the upstream"})
 		default:
 			return nil, nil, fmt.Errorf("%w: the grant has no usable refresh token", providers.ErrNeedsAuthorization)
 		}
