@@ -244,7 +244,7 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 		rc := rediscache.ClientConfig{
 			Addrs: r.Addrs, MasterName: r.MasterName, Cluster: r.Cluster,
 			Username: r.Username, SentinelUsername: r.SentinelUsername, DB: r.DB,
-			DialTimeout: r.DialTimeout.Duration,
+			DialTimeout: r.DialTimeout.Duration, OpTimeout: r.OpTimeout.Duration,
 		}
 		if !r.Password.IsZero() {
 			pw, err := loader.Load(r.Password)
