@@ -30,6 +30,7 @@ import (
 	rediscache "github.com/tokenbroker/tokenbroker/internal/cache/redis"
 	"github.com/tokenbroker/tokenbroker/internal/cache/sealed"
 	"github.com/tokenbroker/tokenbroker/internal/config"
+	healthcheck "github.com/tokenbroker/tokenbroker/internal/health"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/providers/builtin"
@@ -244,7 +245,7 @@ func openCache(cfg *config.Config, loader secret.Loader, log *slog.Logger) (cach
 		rc := rediscache.ClientConfig{
 			Addrs: r.Addrs, MasterName: r.MasterName, Cluster: r.Cluster,
 			Username: r.Username, SentinelUsername: r.SentinelUsername, DB: r.DB,
-			DialTimeout: r.DialTimeout.Duration,
+			DialTimeout: r.DialTimeout.Duration, OpTimeout: r.OpTimeout.Duration,
 		}
 		if !r.Password.IsZero() {
 			pw, err := loader.Load(r.Password)
@@ -374,11 +375,12 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	hs.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	var draining atomic.Bool
+	cacheHealth := watchCache(ctx, c, hs, log)
+	defer cacheHealth.Stop()
 	admin := &http.Server{
-		Handler:           adminHandler(c, b, m, &draining, log),
+		Handler:           adminHandler(cacheHealth, b, m, &draining, log),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	go watchCache(ctx, c, hs, log)
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(grpcLis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
@@ -410,7 +412,7 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	return nil
 }
 
-func adminHandler(c cache.Cache, b *broker.Broker, m *metrics.Metrics, draining *atomic.Bool, log *slog.Logger) http.Handler {
+func adminHandler(cacheHealth *healthcheck.Checker, b *broker.Broker, m *metrics.Metrics, draining *atomic.Bool, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	mux.Handle("GET "+server.CallbackPath, server.NewCallbackHandler(b, log))
@@ -424,16 +426,15 @@ func adminHandler(c cache.Cache, b *broker.Broker, m *metrics.Metrics, draining 
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		{
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
-			if err := c.Ping(ctx); err != nil {
-				// Still ready: warm tokens come from memory and cold ones
-				// straight from the upstream. Taking every replica out of
-				// the Service because Redis is down would be an outage.
-				fmt.Fprintln(w, "degraded: shared cache unreachable; serving from memory and upstream")
-				return
-			}
+		// Answered from the background checker's state, never by asking
+		// Redis: a hung Redis must not make the probe time out.
+		if s := cacheHealth.State(); !s.Healthy {
+			// Still ready: warm tokens come from memory and cold ones
+			// straight from the upstream. Taking every replica out of
+			// the Service because Redis is down would be an outage.
+			fmt.Fprintf(w, "degraded: shared cache unreachable since %s; serving from memory and upstream\n",
+				s.Since.UTC().Format(time.RFC3339))
+			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
@@ -457,37 +458,25 @@ func stateName(s broker.ConnectionState) string {
 // serving, degraded).
 const CacheHealthService = "tokenbroker.v1.SharedCache"
 
-// watchCache pings the shared cache every few seconds and reports it through
-// the health service and the log.
-func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog.Logger) {
-	p := c
-	t := time.NewTicker(3 * time.Second)
-	defer t.Stop()
+// watchCache checks the shared cache in the background (internal/health:
+// a ping every 500 ms with a 500 ms budget) and reports it through the
+// health service and the log as it changes. /readyz reads the returned
+// checker's state.
+func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog.Logger) *healthcheck.Checker {
 	healthy := true
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := p.Ping(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
+	return healthcheck.Start(ctx, healthcheck.Options{Ping: c.Ping, OnChange: func(s healthcheck.State) {
 		switch {
-		case err != nil && healthy:
-			log.Warn("shared cache unreachable: serving degraded", "err", err)
+		case !s.Healthy:
+			log.Warn("shared cache unreachable: serving degraded", "err", s.Err)
 			hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_NOT_SERVING)
-		case err == nil && !healthy:
+		case !healthy:
 			log.Info("shared cache reachable again")
 			fallthrough
-		case err == nil:
+		default:
 			hs.SetServingStatus(CacheHealthService, healthpb.HealthCheckResponse_SERVING)
 		}
-		healthy = err == nil
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+		healthy = s.Healthy
+	}})
 }
 
 func buildVersion() string {

@@ -140,7 +140,17 @@ type Redis struct {
 	// KeyPrefix namespaces every key (default "tokenbroker:v1:").
 	KeyPrefix   string             `yaml:"key_prefix"`
 	DialTimeout providers.Duration `yaml:"dial_timeout"`
+	// OpTimeout bounds every Redis operation, retries included (default
+	// 300ms): a hung node costs a caller at most this before the broker
+	// serves from memory or the upstream.
+	OpTimeout providers.Duration `yaml:"op_timeout"`
 }
+
+// Bounds on cache.redis.op_timeout.
+const (
+	MinRedisOpTimeout = 10 * time.Millisecond
+	MaxRedisOpTimeout = 10 * time.Second
+)
 
 // RedisTLS configures TLS to Redis.
 type RedisTLS struct {
@@ -356,6 +366,9 @@ func (c *Config) Validate() error {
 			if err := r.SentinelPassword.Validate(); err != nil {
 				add("cache.redis.sentinel_password: %v", err)
 			}
+		}
+		if d := r.OpTimeout.Duration; d != 0 && (d < MinRedisOpTimeout || d > MaxRedisOpTimeout) {
+			add("cache.redis.op_timeout: must be between %v and %v, got %v", MinRedisOpTimeout, MaxRedisOpTimeout, d)
 		}
 	default:
 		add("cache.type: must be memory or redis, got %q", c.Cache.Type)

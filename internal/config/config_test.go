@@ -161,6 +161,8 @@ func TestParseRejects(t *testing.T) {
 		{"sentinel and cluster", "cache: {type: redis, redis: {addrs: [a:1], master_name: m, cluster: true}}\nconnections: [{name: a, type: fake, token_url: x}]", "mutually exclusive"},
 		{"negative stream workers", "listen: {grpc_stream_workers: -1}\nconnections: [{name: a, type: fake, token_url: x}]", "listen.grpc_stream_workers: must be between 0 and 4096, got -1"},
 		{"too many stream workers", "listen: {grpc_stream_workers: 100000}\nconnections: [{name: a, type: fake, token_url: x}]", "listen.grpc_stream_workers: must be between 0 and 4096"},
+		{"redis op timeout too short", "cache: {type: redis, redis: {addrs: [a:1], op_timeout: 1ms}}\nencryption: {insecure_plaintext: true}\nconnections: [{name: a, type: fake, token_url: x}]", "cache.redis.op_timeout: must be between 10ms and 10s, got 1ms"},
+		{"redis op timeout too long", "cache: {type: redis, redis: {addrs: [a:1], op_timeout: 1m}}\nencryption: {insecure_plaintext: true}\nconnections: [{name: a, type: fake, token_url: x}]", "cache.redis.op_timeout: must be between 10ms and 10s, got 1m0s"},
 		{"bad log level", "log: {level: loud}\nconnections: [{name: a, type: fake, token_url: x}]", "log.level"},
 		{"set twice", "connections: [{name: a, name: b, type: fake, token_url: x}]", ""},
 	}

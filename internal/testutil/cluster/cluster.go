@@ -102,6 +102,15 @@ type Options struct {
 	// Sentinel, when not nil, is used instead of Redis: the brokers reach
 	// the primary through these Sentinels.
 	Sentinel *Sentinel
+	// RedisCluster, when not nil, is used instead of Redis: the brokers
+	// run with cache.redis.cluster, seeded with every node.
+	RedisCluster *redistest.Cluster
+	// RedisAddr, when not empty, is the address the brokers dial for the
+	// single Redis instead of its own, such as a Toxiproxy proxy's in front
+	// of it. The test's own client (RedisClient) still dials Redis.
+	RedisAddr string
+	// RedisOpTimeout is cache.redis.op_timeout (0: the broker's default).
+	RedisOpTimeout time.Duration
 	// KeyPrefix is cache.redis.key_prefix (empty: DefaultKeyPrefix).
 	KeyPrefix string
 	// RedisDialTimeout is cache.redis.dial_timeout (0: the broker's
@@ -145,6 +154,8 @@ type Cluster struct {
 	keyPrefix string
 	redis     *redistest.Server
 	sentinel  *Sentinel
+
+	redisCluster *redistest.Cluster
 	replicas  []*Replica
 
 	rrOnce sync.Once
@@ -179,15 +190,24 @@ func Start(t testing.TB, o Options) *Cluster {
 	if o.RedisDialTimeout > 0 {
 		rc.DialTimeout = o.RedisDialTimeout.String()
 	}
+	if o.RedisOpTimeout > 0 {
+		rc.OpTimeout = o.RedisOpTimeout.String()
+	}
 	switch {
 	case o.Sentinel != nil:
 		rc.Addrs, rc.MasterName = o.Sentinel.Addrs(), o.Sentinel.MasterName()
+	case o.RedisCluster != nil:
+		rc.Addrs, rc.Cluster = o.RedisCluster.Addrs(), true
+		c.redisCluster = o.RedisCluster
 	case o.Redis != nil:
 		c.redis = o.Redis
 		rc.Addrs = []string{o.Redis.Addr()}
 	default:
 		c.redis = redistest.Start(t, o.RedisOptions...)
 		rc.Addrs = []string{c.redis.Addr()}
+	}
+	if o.RedisAddr != "" {
+		rc.Addrs = []string{o.RedisAddr}
 	}
 	env := maps.Clone(o.Env)
 	if env == nil {
@@ -314,13 +334,19 @@ func (c *Cluster) Grant(ctx context.Context, conn string) (map[string]any, error
 	return m, nil
 }
 
-// Redis is the redis-server the brokers share (nil with Sentinel).
+// Redis is the redis-server the brokers share (nil with Sentinel or a
+// Redis Cluster).
 func (c *Cluster) Redis() *redistest.Server { return c.redis }
 
 // RedisClient is a client of the brokers' Redis (through the Sentinels
-// with Options.Sentinel), closed when the test ends.
+// with Options.Sentinel, of the Cluster with Options.RedisCluster), closed
+// when the test ends.
 func (c *Cluster) RedisClient() redis.UniversalClient {
 	c.rcOnce.Do(func() {
+		if c.redisCluster != nil {
+			c.rc = redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.redisCluster.Addrs(), DialerRetries: 1})
+			return
+		}
 		if c.sentinel != nil {
 			c.rc = redis.NewFailoverClient(&redis.FailoverOptions{
 				MasterName: c.sentinel.MasterName(), SentinelAddrs: c.sentinel.Addrs(), DialerRetries: 1,

@@ -83,8 +83,10 @@ func (c Connection) Set(key string, v any) Connection {
 type redisConfig struct {
 	Addrs       []string `yaml:"addrs"`
 	MasterName  string   `yaml:"master_name,omitempty"`
+	Cluster     bool     `yaml:"cluster,omitempty"`
 	KeyPrefix   string   `yaml:"key_prefix"`
 	DialTimeout string   `yaml:"dial_timeout,omitempty"`
+	OpTimeout   string   `yaml:"op_timeout,omitempty"`
 }
 
 // configYAML renders the brokers' configuration file. keyEnv, when not

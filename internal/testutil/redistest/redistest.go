@@ -280,3 +280,30 @@ func (s *Server) logTail() string {
 	}
 	return fmt.Sprintf("\nlast lines of %s:\n\t%s", s.log, strings.Join(lines, "\n\t"))
 }
+
+// Pause stops the server with SIGSTOP, as a hung node, a full network buffer
+// or a partition looks to its clients: connections are accepted by the
+// kernel, commands never answered. Resume undoes it.
+func (s *Server) Pause() { s.notify(syscall.SIGSTOP) }
+
+// Resume continues a paused server with SIGCONT.
+func (s *Server) Resume() { s.notify(syscall.SIGCONT) }
+
+// PID is the server process's id (0 when it is not running).
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// notify sends sig without waiting for anything.
+func (s *Server) notify(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}

@@ -179,6 +179,9 @@ no secret value is ever rendered here.
 {{- if $r.dialTimeout -}}
 {{- $_ = set $redis "dial_timeout" $r.dialTimeout -}}
 {{- end -}}
+{{- if $r.opTimeout -}}
+{{- $_ = set $redis "op_timeout" $r.opTimeout -}}
+{{- end -}}
 {{- if $r.sentinelUsername -}}
 {{- $_ = set $redis "sentinel_username" $r.sentinelUsername -}}
 {{- end -}}
