@@ -13,8 +13,11 @@ import (
 // Defaults used when the corresponding BreakerConfig field is zero.
 const (
 	DefaultFailureThreshold = 5
-	DefaultCooldown         = 10 * time.Second
-	DefaultMaxCooldown      = 2 * time.Minute
+	// A dead upstream sees at most one probe per connection and replica
+	// every DefaultMaxCooldown, and callers get tokens again within about
+	// that long once it is back (issue 13: recovery within 3 s).
+	DefaultCooldown    = time.Second
+	DefaultMaxCooldown = 2 * time.Second
 )
 
 // The states a Breaker reports, in State and OnStateChange.

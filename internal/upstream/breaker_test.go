@@ -113,7 +113,7 @@ func TestBreakerCounting(t *testing.T) {
 			}
 			e.wantState(tt.want)
 			if tt.want == upstream.StateOpen {
-				e.wantRefused("circuit breaker open: next probe in 10s")
+				e.wantRefused("circuit breaker open: next probe in 1s")
 				e.wantTransitions("closed→open")
 			} else {
 				e.wantTransitions()
@@ -130,7 +130,7 @@ func TestBreakerDefaults(t *testing.T) {
 	e.wantState(upstream.StateClosed)
 	e.call(errNetwork)
 	e.wantState(upstream.StateOpen)
-	e.wantRefused("upstream unavailable: circuit breaker open: next probe in 10s")
+	e.wantRefused("upstream unavailable: circuit breaker open: next probe in 1s")
 	e.clk.Advance(upstream.DefaultCooldown - time.Millisecond)
 	e.wantRefused("next probe in 1ms")
 	e.clk.Advance(time.Millisecond)
@@ -265,7 +265,7 @@ func TestBreakerStaleResults(t *testing.T) {
 		t.Fatalf("slow call: %v", err)
 	}
 	e.wantState(upstream.StateOpen)
-	e.wantRefused("next probe in 10s")
+	e.wantRefused("next probe in 1s")
 }
 
 // A breaker used with retries: every attempt counts, and once it opens the
@@ -286,7 +286,7 @@ func TestDoWithBreakerRetries(t *testing.T) {
 	if !errors.Is(err, upstream.ErrBreakerOpen) || !errors.Is(err, providers.ErrUnavailable) || !errors.Is(err, s.results[1]) {
 		t.Errorf("DoWithBreaker() = %v; want ErrBreakerOpen, ErrUnavailable and the last error", err)
 	}
-	want := "upstream: gave up after 2 attempts (upstream unavailable: circuit breaker open: next probe in 10s): " + s.results[1].Error()
+	want := "upstream: gave up after 2 attempts (upstream unavailable: circuit breaker open: next probe in 1s): " + s.results[1].Error()
 	if err.Error() != want {
 		t.Errorf("DoWithBreaker() = %q; want %q", err, want)
 	}
