@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/emulator/ccemu"
@@ -625,6 +626,98 @@ func TestRequestRejectionThroughTheBinary(t *testing.T) {
 		`tokenbroker_connection_state{connection="demo-cc",state="failing"} 0`,
 		`tokenbroker_upstream_requests_total{connection="demo-cc",grant_type="client_credentials",status="400"} 1`,
 		`tokenbroker_request_rejections_total{connection="demo-cc",reason="invalid_scope"} 5`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestSharedWorkThroughTheBinary: against a slow but healthy upstream
+// (600 ms), callers with short deadlines leave without costing the fetch:
+// the tokens it obtains are cached, the breaker stays closed, and a caller
+// asking for a min_ttl the tokens cannot meet gets its own error while the
+// caller sharing its fetch gets the token.
+func TestSharedWorkThroughTheBinary(t *testing.T) {
+	emu := ccemu.New(ccemu.Options{ClientID: "svc", ClientSecret: "cc-secret-value", Lifetime: time.Hour})
+	emu.SetFailure(ccemu.Slow(600 * time.Millisecond))
+	up := httptest.NewServer(emu)
+	defer up.Close()
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const key = "caller-api-key-0123456789"
+	sum := sha256.Sum256([]byte(key))
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+auth:
+  callers:
+    - name: svc
+      api_key_sha256: [%s]
+      policy: {connections: ["*"], rpcs: [service, operator]}
+connections:
+  - name: slow
+    type: client_credentials
+    token_url: %s/o/token/
+    client_id: svc
+    client_secret: {file: %s}
+`, hex.EncodeToString(sum[:]), up.URL, secretFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBroker(t, "-config", cfg)
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	get := func(d time.Duration, req *tokenbrokerv1.GetTokenRequest) error {
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key), d)
+		defer cancel()
+		_, err := client.GetToken(ctx, req)
+		return err
+	}
+	scopes := []string{"read", "write", "admin", "read write", "read admin"}
+	for _, s := range scopes {
+		req := &tokenbrokerv1.GetTokenRequest{Connection: "slow", Scopes: strings.Fields(s)}
+		if err := get(100*time.Millisecond, req); status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("GetToken(%s, 100ms deadline) = %v; want DeadlineExceeded", s, err)
+		}
+	}
+	// The fetches the impatient callers started finish on their own budget
+	// and are cached: patient callers get them without a new request.
+	for _, s := range scopes {
+		req := &tokenbrokerv1.GetTokenRequest{Connection: "slow", Scopes: strings.Fields(s)}
+		if err := get(10*time.Second, req); err != nil {
+			t.Fatalf("GetToken(%s, 10s deadline) = %v; want the token the earlier fetch obtained", s, err)
+		}
+	}
+	if got := emu.Issued(); got != len(scopes) {
+		t.Errorf("upstream issued %d tokens for %d scope sets; want one each", got, len(scopes))
+	}
+	// Two callers share one fetch; only the one asking for 2h fails.
+	long := make(chan error, 1)
+	go func() {
+		long <- get(10*time.Second, &tokenbrokerv1.GetTokenRequest{Connection: "slow", Scopes: []string{"write"},
+			ForceRefresh: true, MinTtl: durationpb.New(2 * time.Hour)})
+	}()
+	if err := get(10*time.Second, &tokenbrokerv1.GetTokenRequest{Connection: "slow", Scopes: []string{"write"}, ForceRefresh: true}); err != nil {
+		t.Errorf("GetToken(min_ttl 0) sharing a fetch with min_ttl 2h = %v; want a token", err)
+	}
+	if err := <-long; status.Code(err) != codes.InvalidArgument {
+		t.Errorf("GetToken(min_ttl 2h, tokens live 1h) = %v; want InvalidArgument", err)
+	}
+	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tokenbroker_upstream_breaker_open{connection="slow"} 0`,
+		`tokenbroker_connection_state{connection="slow",state="ready"} 1`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
