@@ -330,6 +330,55 @@ func TestDemoThroughReflection(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("broker did not exit after SIGTERM")
 	}
+	checkLogLines(t, p.logs.String())
+}
+
+// checkLogLines asserts on the JSON lines of a -demo run that called
+// GetToken for an unknown connection and was stopped: the failed call's line
+// says what went wrong, durations are Go duration strings and no list is
+// null (issue 15, finding 3).
+func checkLogLines(t *testing.T, logs string) {
+	t.Helper()
+	var failed map[string]any
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `:null`) {
+			t.Errorf("log line with a null value: %s", line)
+		}
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		for _, k := range []string{"took", "shutdown_delay", "drain_timeout"} {
+			if v, ok := rec[k]; ok {
+				if s, isString := v.(string); !isString {
+					t.Errorf("%s = %v; want a Go duration string: %s", k, v, line)
+				} else if _, err := time.ParseDuration(s); err != nil {
+					t.Errorf("%s = %q: %v", k, s, err)
+				}
+			}
+		}
+		if rec["msg"] == "rpc" && rec["code"] == "NotFound" {
+			failed = rec
+		}
+	}
+	if failed == nil {
+		t.Fatalf("no rpc line for the NotFound call:\n%s", logs)
+	}
+	want := map[string]any{
+		"method": "/tokenbroker.v1.TokenBrokerService/GetToken", "reason": "UNKNOWN_CONNECTION",
+		"connection": "no-such-connection", "scopes": []any{},
+	}
+	for k, v := range want {
+		if fmt.Sprint(failed[k]) != fmt.Sprint(v) {
+			t.Errorf("NotFound line %s = %v; want %v", k, failed[k], v)
+		}
+	}
+	if msg, _ := failed["error"].(string); !strings.Contains(msg, "no-such-connection") {
+		t.Errorf("NotFound line error = %q; want the status message", msg)
+	}
+	if id, _ := failed["request_id"].(string); id == "" {
+		t.Errorf("NotFound line has no request_id")
+	}
 }
 
 // reflectFiles fetches the file descriptors of symbol and its dependencies

@@ -202,7 +202,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(reqlog.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})))
+	return slog.New(reqlog.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: reqlog.ReplaceAttr})))
 }
 
 // openConnections opens every connection's provider, reading its secrets,
