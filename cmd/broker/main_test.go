@@ -558,6 +558,10 @@ func checkMetrics(t *testing.T, url string) {
 			t.Errorf("/metrics %s = 0; want non-zero", want)
 		}
 	}
+	// The build is named (issue 15, finding 4).
+	if !regexp.MustCompile(`(?m)^tokenbroker_build_info\{goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).Match(body) {
+		t.Errorf("/metrics lacks tokenbroker_build_info{goversion,revision,version} 1")
+	}
 	// Every metric the alerts and the runbook name exists.
 	for _, doc := range []string{"../../deploy/prometheus/alerts.yaml", "../../docs/RUNBOOK.md"} {
 		text, err := os.ReadFile(doc)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"sync/atomic"
@@ -41,8 +42,13 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version and revision are set at build time with -ldflags
+// "-X main.version=… -X main.revision=…" (the Makefile and Dockerfile do).
+// Without a revision, the one go build stamped (vcs.revision) is used.
+var (
+	version  = "dev"
+	revision = ""
+)
 
 type options struct {
 	configFile    string
@@ -144,6 +150,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Listen.Admin = o.adminAddr
 	}
 	m := metrics.New()
+	m.SetBuildInfo(version, buildRevision(), runtime.Version())
 	tcfg := cfg.Tracing
 	if o.checkConfig {
 		tcfg.Enabled = false // -check-config validates; it sets up no exporter
@@ -481,13 +488,24 @@ func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog
 
 func buildVersion() string {
 	v := version
+	if r := buildRevision(); len(r) >= 12 {
+		v += " (" + r[:12] + ")"
+	}
+	return v + " " + runtime.Version()
+}
+
+// buildRevision is the VCS revision the binary was built from: the ldflags
+// value, else the one go build stamped, else "unknown".
+func buildRevision() string {
+	if revision != "" {
+		return revision
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				v += " (" + s.Value[:12] + ")"
+			if s.Key == "vcs.revision" && s.Value != "" {
+				return s.Value
 			}
 		}
-		v += " " + bi.GoVersion
 	}
-	return v
+	return "unknown"
 }
