@@ -684,3 +684,46 @@ func TestRequestRejectionThroughTheBinary(t *testing.T) {
 		}
 	}
 }
+
+// TestSecretPermissions: a world-readable secret file is a warning in
+// -check-config (exit 0), and an error with secrets.strict_permissions
+// (issue 15, finding 10).
+func TestSecretPermissions(t *testing.T) {
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(secretFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := `
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: https://pay.example/o/token/
+    client_id: svc
+    client_secret: {file: ` + secretFile + `}
+`
+	want := "connections[0].client_secret: file " + secretFile + " is readable by others (mode 0644)"
+	for _, strict := range []bool{false, true} {
+		cfg := filepath.Join(dir, fmt.Sprintf("config-%v.yaml", strict))
+		text := conf
+		if strict {
+			text += "secrets: {strict_permissions: true}\n"
+		}
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(brokerBin, "-config", cfg, "-check-config").CombinedOutput()
+		if !strings.Contains(string(out), want) || strings.Contains(string(out), "cc-secret-value") {
+			t.Errorf("strict %v: output lacks %q (or shows the secret):\n%s", strict, want, out)
+		}
+		if strict && err == nil {
+			t.Errorf("strict: -check-config succeeded; want a failure\n%s", out)
+		}
+		if !strict && (err != nil || !strings.Contains(string(out), `"level":"WARN"`)) {
+			t.Errorf("not strict: err = %v; want exit 0 with a warning\n%s", err, out)
+		}
+	}
+}

@@ -129,6 +129,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		level = cfg.Log.Level
 	}
 	log := newLogger(stderr, level)
+	var permErr error // secret files readable by too many people
+	if cfg != nil {
+		permErr = secretPermissions(cfg, log)
+	}
 	var adminListening func(net.Addr) // the demo's emulators redirect there
 	if o.demo {
 		d, err := startDemo(ctx, log)
@@ -171,7 +175,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		errs := append([]error{err}, config.CheckServiceSecrets(cfg, loader)...)
 		err = errors.Join(append(errs, checkTLSFiles(cfg, log)...)...)
 	}
-	if err != nil {
+	if err = errors.Join(err, permErr); err != nil {
 		return fmt.Errorf("config has problems:\n%w", err)
 	}
 	if o.checkConfig {
@@ -204,6 +208,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return out
 	})
 	return serve(ctx, o, cfg, b, c, log, m, tr, adminListening)
+}
+
+// secretPermissions logs a warning for each secret file readable by more
+// people than need it, or returns them all as an error with
+// secrets.strict_permissions.
+func secretPermissions(cfg *config.Config, log *slog.Logger) error {
+	errs := config.CheckSecretPermissions(cfg)
+	if cfg.Secrets.StrictPermissions {
+		return errors.Join(errs...)
+	}
+	for _, err := range errs {
+		log.Warn("secret file readable by more than the broker (secrets.strict_permissions: true makes this an error)", "problem", err.Error())
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

@@ -55,8 +55,18 @@ type Config struct {
 	Cache      Cache      `yaml:"cache"`
 	Broker     Broker     `yaml:"broker"`
 	// Tracing exports OpenTelemetry spans over OTLP (off by default).
-	Tracing     tracing.Config `yaml:"tracing"`
-	Connections []Connection   `yaml:"connections"`
+	Tracing tracing.Config `yaml:"tracing"`
+	// Secrets sets how secret files are checked.
+	Secrets     Secrets      `yaml:"secrets"`
+	Connections []Connection `yaml:"connections"`
+}
+
+// Secrets sets how secret files are checked.
+type Secrets struct {
+	// StrictPermissions makes a secret file readable by others (or by a
+	// group the broker does not need) an error at start and in
+	// -check-config instead of a warning (CheckSecretPermissions).
+	StrictPermissions bool `yaml:"strict_permissions"`
 }
 
 // Encryption configures encryption at rest.
