@@ -179,13 +179,19 @@ type process struct {
 	cmd        *exec.Cmd
 	grpcAddr   string
 	adminAddr  string
+	// callbackAddr is "off" when the callback listener is off.
+	callbackAddr string
 	logs       *logtest.Buffer
 	logsClosed chan struct{}
 }
 
 func startBroker(t *testing.T, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(brokerBin, append([]string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
+	flags := []string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}
+	if slices.Contains(args, "-demo") { // else the demo's default 127.0.0.1:8081
+		flags = append(flags, "-callback-addr", "127.0.0.1:0")
+	}
+	cmd := exec.Command(brokerBin, append(flags, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +213,7 @@ func startBroker(t *testing.T, args ...string) *process {
 				rec.GRPCAddr, _ = m["grpc_addr"].(string)
 				rec.AdminAddr, _ = m["admin_addr"].(string)
 				p.grpcAddr, p.adminAddr = rec.GRPCAddr, rec.AdminAddr
+				p.callbackAddr, _ = m["callback_addr"].(string)
 				close(ready)
 			}
 		}
@@ -223,6 +230,22 @@ func startBroker(t *testing.T, args ...string) *process {
 		t.Fatalf("broker did not start serving:\n%s", p.logs.String())
 	}
 	return p
+}
+
+// waitForLog waits until the broker has logged a line matching re.
+func (p *process) waitForLog(t *testing.T, re *regexp.Regexp) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !re.MatchString(p.logs.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line matching %s:\n%s", re, p.logs.String())
+		}
+		select {
+		case <-p.logsClosed:
+			t.Fatalf("broker exited; no log line matching %s:\n%s", re, p.logs.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // TestDemoThroughReflection calls the built binary the way grpcurl does:
@@ -725,5 +748,81 @@ connections:
 		if !strict && (err != nil || !strings.Contains(string(out), `"level":"WARN"`)) {
 			t.Errorf("not strict: err = %v; want exit 0 with a warning\n%s", err, out)
 		}
+	}
+}
+
+// TestCallbackListener: the OAuth callback has a listener of its own,
+// serving /oauth2/callback only, with request ids; the admin port no longer
+// serves it; without an authorization-code connection it is off (issue 15,
+// finding 1).
+func TestCallbackListener(t *testing.T) {
+	p := startBroker(t, "-demo")
+	if p.callbackAddr == "" || p.callbackAddr == "off" || p.callbackAddr == p.adminAddr {
+		t.Fatalf("callback_addr = %q (admin %s); want a listener of its own", p.callbackAddr, p.adminAddr)
+	}
+	get := func(url string, header ...string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		if len(header) == 2 {
+			req.Header.Set(header[0], header[1])
+		}
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		return r
+	}
+	for _, tc := range []struct {
+		url  string
+		want int
+	}{
+		{"http://" + p.callbackAddr + "/oauth2/callback?state=not-a-state&code=c", http.StatusBadRequest},
+		{"http://" + p.callbackAddr + "/metrics", http.StatusNotFound},
+		{"http://" + p.callbackAddr + "/healthz", http.StatusNotFound},
+		{"http://" + p.adminAddr + "/oauth2/callback?state=not-a-state&code=c", http.StatusNotFound},
+		{"http://" + p.adminAddr + "/metrics", http.StatusOK},
+	} {
+		if r := get(tc.url); r.StatusCode != tc.want {
+			t.Errorf("GET %s = %d; want %d", tc.url, r.StatusCode, tc.want)
+		}
+	}
+	r := get("http://"+p.callbackAddr+"/oauth2/callback?state=other&code=c", "X-Request-Id", "cb-test-1")
+	if got := r.Header.Get("X-Request-Id"); got != "cb-test-1" {
+		t.Errorf("X-Request-Id = %q; want the caller's cb-test-1", got)
+	}
+	// The broker writes the line before answering; the test reads the
+	// broker's stderr through a pipe, so it may arrive a little later.
+	p.waitForLog(t, regexp.MustCompile(`"msg":"authorization callback refused".*"request_id":"cb-test-1"`))
+
+	// -health-check: the image checks a broker through grpc.health.v1 (the
+	// chart's helm test runs it).
+	if out, err := exec.Command(brokerBin, "-health-check", p.grpcAddr).CombinedOutput(); err != nil || !strings.Contains(string(out), "SERVING") {
+		t.Errorf("-health-check %s: err = %v\n%s", p.grpcAddr, err, out)
+	}
+	if out, err := exec.Command(brokerBin, "-health-check", p.grpcAddr, "-health-check-service", "no.such.Service").CombinedOutput(); err == nil {
+		t.Errorf("-health-check of an unknown service succeeded:\n%s", out)
+	}
+
+	// Without an authorization-code connection the listener is off.
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: http://127.0.0.1:1/o/token/
+    client_id: svc
+    client_secret: {file: `+secretFile+`}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if q := startBroker(t, "-config", cfg); q.callbackAddr != "off" {
+		t.Errorf("client_credentials only: callback_addr = %q; want off", q.callbackAddr)
 	}
 }
