@@ -17,6 +17,8 @@ ARG REVISION=
 WORKDIR /src
 # Modules first, so that a source change does not download them again.
 COPY go.mod go.sum ./
+# api/ is a module of its own that go.mod replaces with the directory.
+COPY api/go.mod api/go.sum ./api/
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \

@@ -176,13 +176,13 @@ func mustRead(t *testing.T, path string) string {
 
 // process is a running broker binary.
 type process struct {
-	cmd        *exec.Cmd
-	grpcAddr   string
-	adminAddr  string
+	cmd       *exec.Cmd
+	grpcAddr  string
+	adminAddr string
 	// callbackAddr is "off" when the callback listener is off.
 	callbackAddr string
-	logs       *logtest.Buffer
-	logsClosed chan struct{}
+	logs         *logtest.Buffer
+	logsClosed   chan struct{}
 }
 
 func startBroker(t *testing.T, args ...string) *process {

@@ -32,7 +32,7 @@ const (
 	// listen.callback is unset and an authorization-code connection exists.
 	DefaultCallbackAddr = ":8081"
 	// CallbackOff, as listen.callback, turns the callback listener off.
-	CallbackOff = "off"
+	CallbackOff      = "off"
 	DefaultSkew      = 60 * time.Second
 	DefaultKeyPrefix = "tokenbroker:v1:"
 

@@ -2,7 +2,6 @@ package brokerclient_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -19,29 +18,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenbroker/tokenbroker/api/brokerclient"
+	"github.com/tokenbroker/tokenbroker/internal/testutil/logtest"
 )
-
-// lockedBuffer collects the broker's log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // startDemoBroker builds cmd/broker, runs it with -demo on loopback ports and
 // returns its gRPC address once it logs that it is serving.
-func startDemoBroker(t *testing.T) (grpcAddr string, logs *lockedBuffer) {
+func startDemoBroker(t *testing.T) (grpcAddr string, logs *logtest.Buffer) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "broker")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -50,7 +32,7 @@ func startDemoBroker(t *testing.T) (grpcAddr string, logs *lockedBuffer) {
 		t.Fatalf("go build ./cmd/broker: %v\n%s", err, out)
 	}
 
-	cmd := exec.Command(bin, "-demo", "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, "-demo", "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-callback-addr", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +40,7 @@ func startDemoBroker(t *testing.T) (grpcAddr string, logs *lockedBuffer) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	logs = &lockedBuffer{}
+	logs = &logtest.Buffer{}
 	ready := make(chan string, 1)
 	exited := make(chan struct{})
 	go func() {
