@@ -48,9 +48,9 @@ test-stress: deps
 	TOKENBROKER_STRESS=full $(GO) test -race -count=1 -run '^TestStressSharedWork$$' -v ./internal/broker
 
 deps:
-	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null || { \
-		echo "installing redis-server, redis-sentinel, redis-tools"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-sentinel redis-tools; }
+	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null && command -v jq >/dev/null || { \
+		echo "installing redis-server, redis-sentinel, redis-tools, jq (test/docs runs the README's jq)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-sentinel redis-tools jq; }
 
 tools: $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
 	$(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(BIN)/.grpcurl-$(GRPCURL_VERSION)
