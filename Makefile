@@ -15,8 +15,9 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPCURL_VERSION            := v1.9.3
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -33,8 +34,12 @@ run:
 ## test: everything CI checks. Installs redis-server if missing (Debian).
 test: deps tools check-generated lint test-go
 
+## GO_MODULES: the server module and api/ (a module of its own, so callers import the client
+## without the server's dependencies); deploy/helm/chartest is run by helm-test.
+GO_MODULES := . api
+
 test-go:
-	$(GO) test -race -count=1 ./...
+	@set -e; for m in $(GO_MODULES); do echo "go test -race ./... ($$m)"; (cd $$m && $(GO) test -race -count=1 ./...); done
 
 ## test-stress: the shared-work stress test at full scale (upstream latency up to 2 s,
 ## caller deadlines up to 5 s); `make test` runs it scaled down.
@@ -43,9 +48,9 @@ test-stress: deps
 	TOKENBROKER_STRESS=full $(GO) test -race -count=1 -run '^TestStressSharedWork$$' -v ./internal/broker
 
 deps:
-	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null || { \
-		echo "installing redis-server, redis-sentinel, redis-tools"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-sentinel redis-tools; }
+	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null && command -v redis-cli >/dev/null && command -v jq >/dev/null || { \
+		echo "installing redis-server, redis-sentinel, redis-tools, jq (test/docs runs the README's jq)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-sentinel redis-tools jq; }
 
 tools: $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
 	$(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(BIN)/.grpcurl-$(GRPCURL_VERSION)
@@ -71,11 +76,12 @@ check-generated: tools
 	buf generate
 	@git diff --exit-code -- api/proto || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- api/proto)" || { git status --porcelain -- api/proto; echo "untracked generated files: run 'make generate' and commit"; exit 1; }
+	@cd api && $(GO) mod tidy -diff || { echo "api/go.mod is not tidy: run 'cd api && go mod tidy' (keep its go line as low as its dependencies allow)"; exit 1; }
 
 lint: tools
 	buf lint
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
-	$(GO) vet ./...
+	@set -e; for m in $(GO_MODULES); do echo "go vet ./... ($$m)"; (cd $$m && $(GO) vet ./...); done
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -108,7 +114,7 @@ DOCKER       ?= docker
 test: helm-test
 
 image:
-	$(DOCKER) build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+	$(DOCKER) build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION) .
 
 helm-tools: $(BIN)/.helm-$(HELM_VERSION) $(BIN)/.kubectl-validate-$(KUBECTL_VALIDATE_VERSION)
 

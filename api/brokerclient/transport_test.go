@@ -227,7 +227,9 @@ func TestTransportConcurrent401(t *testing.T) {
 
 	var wg sync.WaitGroup
 	for range n {
-		wg.Go(func() {
+		wg.Add(1)
+		go func() { // not wg.Go: this module builds with go 1.23
+			defer wg.Done()
 			resp, err := client.Get(srv.URL)
 			if err != nil {
 				t.Errorf("Get() error = %v", err)
@@ -237,7 +239,7 @@ func TestTransportConcurrent401(t *testing.T) {
 			if resp.StatusCode != 200 {
 				t.Errorf("status = %d; want 200", resp.StatusCode)
 			}
-		})
+		}()
 	}
 	wg.Wait()
 	if got := f.getCount(); got != 2 {

@@ -26,8 +26,8 @@ type demo struct {
 	conns   []config.Connection
 	secrets map[string]string
 	servers []*http.Server
-	// adminHooks learn the admin HTTP base URL once the broker listens.
-	adminHooks []func(adminURL string)
+	// callbackHooks learn the callback's base URL once the broker listens.
+	callbackHooks []func(baseURL string)
 }
 
 // demoStarters add one demo connection each.
@@ -69,13 +69,13 @@ func (d *demo) setSecret(name, value string) secret.Ref {
 
 func (d *demo) add(c config.Connection) { d.conns = append(d.conns, c) }
 
-// onAdmin calls f with the admin HTTP base URL ("http://127.0.0.1:9091")
-// once the broker listens there.
-func (d *demo) onAdmin(f func(adminURL string)) { d.adminHooks = append(d.adminHooks, f) }
+// onCallback calls f with the callback listener's base URL
+// ("http://127.0.0.1:8081") once the broker listens there.
+func (d *demo) onCallback(f func(baseURL string)) { d.callbackHooks = append(d.callbackHooks, f) }
 
-// setAdminAddr tells the demo where the admin HTTP server listens. A
+// setCallbackAddr tells the demo where the callback listener listens. A
 // wildcard address is reached on loopback.
-func (d *demo) setAdminAddr(addr net.Addr) {
+func (d *demo) setCallbackAddr(addr net.Addr) {
 	host, port, err := net.SplitHostPort(addr.String())
 	if err != nil {
 		return
@@ -84,7 +84,7 @@ func (d *demo) setAdminAddr(addr net.Addr) {
 		host = "127.0.0.1"
 	}
 	u := "http://" + net.JoinHostPort(host, port)
-	for _, f := range d.adminHooks {
+	for _, f := range d.callbackHooks {
 		f(u)
 	}
 }
@@ -100,7 +100,7 @@ func randomSecret(n int) string {
 // the listeners to loopback unless the file says otherwise.
 func (d *demo) merge(cfg *config.Config) *config.Config {
 	if cfg == nil {
-		cfg = &config.Config{Listen: config.Listen{GRPC: "127.0.0.1:9090", Admin: "127.0.0.1:9091"}}
+		cfg = &config.Config{Listen: config.Listen{GRPC: "127.0.0.1:9090", Admin: "127.0.0.1:9091", Callback: "127.0.0.1:8081"}}
 	}
 	cfg.Connections = append(cfg.Connections, d.conns...)
 	if !cfg.Auth.AllowAnonymous.Enabled && len(cfg.Auth.Callers) == 0 {

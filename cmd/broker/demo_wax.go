@@ -24,8 +24,8 @@ func startDemoWAX(_ context.Context, d *demo) error {
 	if err != nil {
 		return err
 	}
-	// The admin address is known only once the broker listens.
-	d.onAdmin(func(adminURL string) { emu.SetRedirectURL(adminURL + server.CallbackPath) })
+	// The callback's address is known only once the broker listens.
+	d.onCallback(func(baseURL string) { emu.SetRedirectURL(baseURL + server.CallbackPath) })
 	d.add(config.Connection{Name: "demo-wax", Type: "wax", Provider: &authcode.WAXConfig{Config: authcode.Config{
 		AuthorizeURL: base + waxemu.AuthorizePath,
 		TokenURL:     base + waxemu.TokenPath,

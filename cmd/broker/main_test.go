@@ -177,16 +177,22 @@ func mustRead(t *testing.T, path string) string {
 
 // process is a running broker binary.
 type process struct {
-	cmd        *exec.Cmd
-	grpcAddr   string
-	adminAddr  string
-	logs       *logtest.Buffer
-	logsClosed chan struct{}
+	cmd       *exec.Cmd
+	grpcAddr  string
+	adminAddr string
+	// callbackAddr is "off" when the callback listener is off.
+	callbackAddr string
+	logs         *logtest.Buffer
+	logsClosed   chan struct{}
 }
 
 func startBroker(t *testing.T, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(brokerBin, append([]string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
+	flags := []string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}
+	if slices.Contains(args, "-demo") { // else the demo's default 127.0.0.1:8081
+		flags = append(flags, "-callback-addr", "127.0.0.1:0")
+	}
+	cmd := exec.Command(brokerBin, append(flags, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -208,6 +214,7 @@ func startBroker(t *testing.T, args ...string) *process {
 				rec.GRPCAddr, _ = m["grpc_addr"].(string)
 				rec.AdminAddr, _ = m["admin_addr"].(string)
 				p.grpcAddr, p.adminAddr = rec.GRPCAddr, rec.AdminAddr
+				p.callbackAddr, _ = m["callback_addr"].(string)
 				close(ready)
 			}
 		}
@@ -224,6 +231,22 @@ func startBroker(t *testing.T, args ...string) *process {
 		t.Fatalf("broker did not start serving:\n%s", p.logs.String())
 	}
 	return p
+}
+
+// waitForLog waits until the broker has logged a line matching re.
+func (p *process) waitForLog(t *testing.T, re *regexp.Regexp) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !re.MatchString(p.logs.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line matching %s:\n%s", re, p.logs.String())
+		}
+		select {
+		case <-p.logsClosed:
+			t.Fatalf("broker exited; no log line matching %s:\n%s", re, p.logs.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // TestDemoThroughReflection calls the built binary the way grpcurl does:
@@ -330,6 +353,55 @@ func TestDemoThroughReflection(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("broker did not exit after SIGTERM")
+	}
+	checkLogLines(t, p.logs.String())
+}
+
+// checkLogLines asserts on the JSON lines of a -demo run that called
+// GetToken for an unknown connection and was stopped: the failed call's line
+// says what went wrong, durations are Go duration strings and no list is
+// null (issue 15, finding 3).
+func checkLogLines(t *testing.T, logs string) {
+	t.Helper()
+	var failed map[string]any
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `:null`) {
+			t.Errorf("log line with a null value: %s", line)
+		}
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		for _, k := range []string{"took", "shutdown_delay", "drain_timeout"} {
+			if v, ok := rec[k]; ok {
+				if s, isString := v.(string); !isString {
+					t.Errorf("%s = %v; want a Go duration string: %s", k, v, line)
+				} else if _, err := time.ParseDuration(s); err != nil {
+					t.Errorf("%s = %q: %v", k, s, err)
+				}
+			}
+		}
+		if rec["msg"] == "rpc" && rec["code"] == "NotFound" {
+			failed = rec
+		}
+	}
+	if failed == nil {
+		t.Fatalf("no rpc line for the NotFound call:\n%s", logs)
+	}
+	want := map[string]any{
+		"method": "/tokenbroker.v1.TokenBrokerService/GetToken", "reason": "UNKNOWN_CONNECTION",
+		"connection": "no-such-connection", "scopes": []any{},
+	}
+	for k, v := range want {
+		if fmt.Sprint(failed[k]) != fmt.Sprint(v) {
+			t.Errorf("NotFound line %s = %v; want %v", k, failed[k], v)
+		}
+	}
+	if msg, _ := failed["error"].(string); !strings.Contains(msg, "no-such-connection") {
+		t.Errorf("NotFound line error = %q; want the status message", msg)
+	}
+	if id, _ := failed["request_id"].(string); id == "" {
+		t.Errorf("NotFound line has no request_id")
 	}
 }
 
@@ -509,6 +581,10 @@ func checkMetrics(t *testing.T, url string) {
 		if line == "0" {
 			t.Errorf("/metrics %s = 0; want non-zero", want)
 		}
+	}
+	// The build is named (issue 15, finding 4).
+	if !regexp.MustCompile(`(?m)^tokenbroker_build_info\{goversion="go[^"]+",revision="[^"]+",version="[^"]+"\} 1$`).Match(body) {
+		t.Errorf("/metrics lacks tokenbroker_build_info{goversion,revision,version} 1")
 	}
 	// Every metric the alerts and the runbook name exists.
 	for _, doc := range []string{"../../deploy/prometheus/alerts.yaml", "../../docs/RUNBOOK.md"} {
@@ -722,5 +798,124 @@ connections:
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+// TestSecretPermissions: a world-readable secret file is a warning in
+// -check-config (exit 0), and an error with secrets.strict_permissions
+// (issue 15, finding 10).
+func TestSecretPermissions(t *testing.T) {
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(secretFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := `
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: https://pay.example/o/token/
+    client_id: svc
+    client_secret: {file: ` + secretFile + `}
+`
+	want := "connections[0].client_secret: file " + secretFile + " is readable by others (mode 0644)"
+	for _, strict := range []bool{false, true} {
+		cfg := filepath.Join(dir, fmt.Sprintf("config-%v.yaml", strict))
+		text := conf
+		if strict {
+			text += "secrets: {strict_permissions: true}\n"
+		}
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(brokerBin, "-config", cfg, "-check-config").CombinedOutput()
+		if !strings.Contains(string(out), want) || strings.Contains(string(out), "cc-secret-value") {
+			t.Errorf("strict %v: output lacks %q (or shows the secret):\n%s", strict, want, out)
+		}
+		if strict && err == nil {
+			t.Errorf("strict: -check-config succeeded; want a failure\n%s", out)
+		}
+		if !strict && (err != nil || !strings.Contains(string(out), `"level":"WARN"`)) {
+			t.Errorf("not strict: err = %v; want exit 0 with a warning\n%s", err, out)
+		}
+	}
+}
+
+// TestCallbackListener: the OAuth callback has a listener of its own,
+// serving /oauth2/callback only, with request ids; the admin port no longer
+// serves it; without an authorization-code connection it is off (issue 15,
+// finding 1).
+func TestCallbackListener(t *testing.T) {
+	p := startBroker(t, "-demo")
+	if p.callbackAddr == "" || p.callbackAddr == "off" || p.callbackAddr == p.adminAddr {
+		t.Fatalf("callback_addr = %q (admin %s); want a listener of its own", p.callbackAddr, p.adminAddr)
+	}
+	get := func(url string, header ...string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		if len(header) == 2 {
+			req.Header.Set(header[0], header[1])
+		}
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		return r
+	}
+	for _, tc := range []struct {
+		url  string
+		want int
+	}{
+		{"http://" + p.callbackAddr + "/oauth2/callback?state=not-a-state&code=c", http.StatusBadRequest},
+		{"http://" + p.callbackAddr + "/metrics", http.StatusNotFound},
+		{"http://" + p.callbackAddr + "/healthz", http.StatusNotFound},
+		{"http://" + p.adminAddr + "/oauth2/callback?state=not-a-state&code=c", http.StatusNotFound},
+		{"http://" + p.adminAddr + "/metrics", http.StatusOK},
+	} {
+		if r := get(tc.url); r.StatusCode != tc.want {
+			t.Errorf("GET %s = %d; want %d", tc.url, r.StatusCode, tc.want)
+		}
+	}
+	r := get("http://"+p.callbackAddr+"/oauth2/callback?state=other&code=c", "X-Request-Id", "cb-test-1")
+	if got := r.Header.Get("X-Request-Id"); got != "cb-test-1" {
+		t.Errorf("X-Request-Id = %q; want the caller's cb-test-1", got)
+	}
+	// The broker writes the line before answering; the test reads the
+	// broker's stderr through a pipe, so it may arrive a little later.
+	p.waitForLog(t, regexp.MustCompile(`"msg":"authorization callback refused".*"request_id":"cb-test-1"`))
+
+	// -health-check: the image checks a broker through grpc.health.v1 (the
+	// chart's helm test runs it).
+	if out, err := exec.Command(brokerBin, "-health-check", p.grpcAddr).CombinedOutput(); err != nil || !strings.Contains(string(out), "SERVING") {
+		t.Errorf("-health-check %s: err = %v\n%s", p.grpcAddr, err, out)
+	}
+	if out, err := exec.Command(brokerBin, "-health-check", p.grpcAddr, "-health-check-service", "no.such.Service").CombinedOutput(); err == nil {
+		t.Errorf("-health-check of an unknown service succeeded:\n%s", out)
+	}
+
+	// Without an authorization-code connection the listener is off.
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("cc-secret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+connections:
+  - name: pay
+    type: client_credentials
+    token_url: http://127.0.0.1:1/o/token/
+    client_id: svc
+    client_secret: {file: `+secretFile+`}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if q := startBroker(t, "-config", cfg); q.callbackAddr != "off" {
+		t.Errorf("client_credentials only: callback_addr = %q; want off", q.callbackAddr)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"sync/atomic"
@@ -41,8 +42,13 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version and revision are set at build time with -ldflags
+// "-X main.version=… -X main.revision=…" (the Makefile and Dockerfile do).
+// Without a revision, the one go build stamped (vcs.revision) is used.
+var (
+	version  = "dev"
+	revision = ""
+)
 
 type options struct {
 	configFile    string
@@ -51,9 +57,11 @@ type options struct {
 	showVersion   bool
 	grpcAddr      string
 	adminAddr     string
+	callbackAddr  string
 	shutdownDelay time.Duration
 	drainTimeout  time.Duration
 	cpuProfile    string
+	health        healthCheckOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -66,16 +74,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.grpcAddr, "grpc-addr", "", "gRPC listen `address` (overrides listen.grpc; default "+config.DefaultGRPCAddr+")")
 	fs.StringVar(&o.adminAddr, "admin-addr", "", "admin HTTP listen `address` (overrides listen.admin; default "+config.DefaultAdminAddr+")")
+	fs.StringVar(&o.callbackAddr, "callback-addr", "", "OAuth callback listen `address` (overrides listen.callback; \"off\" turns it off)")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, report not ready and keep serving this long before draining")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, wait this long for in-flight calls")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to `file` until the broker stops (for benchmarks)")
+	o.health.addFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if o.configFile == "" && !o.demo && !o.showVersion {
+	if o.configFile == "" && !o.demo && !o.showVersion && o.health.addr == "" {
 		return nil, errors.New("one of -config FILE or -demo is required")
 	}
 	return &o, nil
@@ -95,6 +105,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if o.showVersion {
 		fmt.Fprintln(stderr, "tokenbroker", buildVersion())
 		return nil
+	}
+	if o.health.addr != "" {
+		return o.health.run(ctx, stderr)
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
@@ -123,7 +136,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		level = cfg.Log.Level
 	}
 	log := newLogger(stderr, level)
-	var adminListening func(net.Addr) // the demo's emulators redirect there
+	var permErr error // secret files readable by too many people
+	if cfg != nil {
+		permErr = secretPermissions(cfg, log)
+	}
+	var callbackListening func(net.Addr) // the demo's emulators redirect there
 	if o.demo {
 		d, err := startDemo(ctx, log)
 		if err != nil {
@@ -132,7 +149,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer d.Close()
 		cfg = d.merge(cfg)
 		loader = d.loader()
-		adminListening = d.setAdminAddr
+		callbackListening = d.setCallbackAddr
 		if err := cfg.Validate(); err != nil {
 			return fmt.Errorf("demo config: %w", err)
 		}
@@ -143,7 +160,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if o.adminAddr != "" {
 		cfg.Listen.Admin = o.adminAddr
 	}
+	if o.callbackAddr != "" {
+		cfg.Listen.Callback = o.callbackAddr
+	}
 	m := metrics.New()
+	m.SetBuildInfo(version, buildRevision(), runtime.Version())
 	tcfg := cfg.Tracing
 	if o.checkConfig {
 		tcfg.Enabled = false // -check-config validates; it sets up no exporter
@@ -164,9 +185,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		errs := append([]error{err}, config.CheckServiceSecrets(cfg, loader)...)
 		err = errors.Join(append(errs, checkTLSFiles(cfg, log)...)...)
 	}
-	if err != nil {
+	if err = errors.Join(err, permErr); err != nil {
 		return fmt.Errorf("config has problems:\n%w", err)
 	}
+	callbackAddr := cfg.Listen.CallbackAddr(needsCallback(conns))
 	if o.checkConfig {
 		fmt.Fprintf(stderr, "configuration OK: %d connections\n", len(conns))
 		return nil
@@ -196,13 +218,38 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return out
 	})
-	return serve(ctx, o, cfg, b, c, log, m, tr, adminListening)
+	return serve(ctx, o, cfg, b, c, log, m, tr, callbackAddr, callbackListening)
+}
+
+// needsCallback reports whether a connection gets its grant through a
+// browser redirect (an authorization-code connection).
+func needsCallback(conns []broker.Connection) bool {
+	for _, c := range conns {
+		if _, ok := c.Provider.(providers.Authorizer); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// secretPermissions logs a warning for each secret file readable by more
+// people than need it, or returns them all as an error with
+// secrets.strict_permissions.
+func secretPermissions(cfg *config.Config, log *slog.Logger) error {
+	errs := config.CheckSecretPermissions(cfg)
+	if cfg.Secrets.StrictPermissions {
+		return errors.Join(errs...)
+	}
+	for _, err := range errs {
+		log.Warn("secret file readable by more than the broker (secrets.strict_permissions: true makes this an error)", "problem", err.Error())
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(reqlog.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})))
+	return slog.New(reqlog.NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: reqlog.ReplaceAttr})))
 }
 
 // openConnections opens every connection's provider, reading its secrets,
@@ -313,10 +360,11 @@ func checkTLSFiles(cfg *config.Config, log *slog.Logger) []error {
 	return errs
 }
 
-// serve runs the gRPC and admin servers until ctx is done. adminListening,
-// if not nil, learns the admin server's address once it listens.
+// serve runs the gRPC, admin and (unless callbackAddr is "") callback
+// servers until ctx is done. callbackListening, if not nil, learns the
+// callback server's address once it listens.
 func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker, c cache.Cache, log *slog.Logger,
-	m *metrics.Metrics, tr *tracing.Tracing, adminListening func(net.Addr)) error {
+	m *metrics.Metrics, tr *tracing.Tracing, callbackAddr string, callbackListening func(net.Addr)) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
 	if err != nil {
 		return fmt.Errorf("listen.grpc: %w", err)
@@ -327,8 +375,15 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 		return fmt.Errorf("listen.admin: %w", err)
 	}
 	defer adminLis.Close()
-	if adminListening != nil {
-		adminListening(adminLis.Addr())
+	var callbackLis net.Listener
+	if callbackAddr != "" {
+		if callbackLis, err = net.Listen("tcp", callbackAddr); err != nil {
+			return fmt.Errorf("listen.callback: %w", err)
+		}
+		defer callbackLis.Close()
+		if callbackListening != nil {
+			callbackListening(callbackLis.Addr())
+		}
 	}
 
 	authn, err := auth.New(cfg.Auth)
@@ -365,6 +420,9 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	}
 	if adminTLS != nil {
 		adminLis = tls.NewListener(adminLis, adminTLS)
+		if callbackLis != nil {
+			callbackLis = tls.NewListener(callbackLis, adminTLS)
+		}
 	}
 	gs := grpc.NewServer(sopts...)
 	hs := health.NewServer()
@@ -378,18 +436,31 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	cacheHealth := watchCache(ctx, c, hs, log)
 	defer cacheHealth.Stop()
 	admin := &http.Server{
-		Handler:           adminHandler(cacheHealth, b, m, &draining, log),
+		Handler:           adminHandler(cacheHealth, m, &draining),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	errc := make(chan error, 2)
+	// The callback has a port of its own, so that publishing it (the
+	// browser must reach it) publishes nothing else.
+	callback := &http.Server{
+		Handler:           callbackHandler(b, log),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	errc := make(chan error, 3)
 	go func() { errc <- gs.Serve(grpcLis) }()
 	go func() { errc <- admin.Serve(adminLis) }()
-	log.Info("serving", "grpc_addr", grpcLis.Addr().String(), "admin_addr", adminLis.Addr().String(), "version", buildVersion())
+	callbackShown := config.CallbackOff
+	if callbackLis != nil {
+		go func() { errc <- callback.Serve(callbackLis) }()
+		callbackShown = callbackLis.Addr().String()
+	}
+	log.Info("serving", "grpc_addr", grpcLis.Addr().String(), "admin_addr", adminLis.Addr().String(),
+		"callback_addr", callbackShown, "version", buildVersion())
 
 	select {
 	case err := <-errc:
 		gs.Stop()
 		_ = admin.Close()
+		_ = callback.Close()
 		return fmt.Errorf("server stopped: %w", err)
 	case <-ctx.Done():
 	}
@@ -408,14 +479,23 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = admin.Shutdown(sctx)
+	_ = callback.Shutdown(sctx)
 	log.Info("stopped")
 	return nil
 }
 
-func adminHandler(cacheHealth *healthcheck.Checker, b *broker.Broker, m *metrics.Metrics, draining *atomic.Bool, log *slog.Logger) http.Handler {
+// callbackHandler serves GET /oauth2/callback and nothing else.
+func callbackHandler(b *broker.Broker, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(server.CallbackPath, server.NewCallbackHandler(b, log)) // any method: the handler answers 405
+	return mux
+}
+
+// adminHandler serves /metrics, /healthz and /readyz: keep it inside the
+// cluster.
+func adminHandler(cacheHealth *healthcheck.Checker, m *metrics.Metrics, draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	mux.Handle("GET "+server.CallbackPath, server.NewCallbackHandler(b, log))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "ok\nversion %s\n", buildVersion())
@@ -481,13 +561,24 @@ func watchCache(ctx context.Context, c cache.Cache, hs *health.Server, log *slog
 
 func buildVersion() string {
 	v := version
+	if r := buildRevision(); len(r) >= 12 {
+		v += " (" + r[:12] + ")"
+	}
+	return v + " " + runtime.Version()
+}
+
+// buildRevision is the VCS revision the binary was built from: the ldflags
+// value, else the one go build stamped, else "unknown".
+func buildRevision() string {
+	if revision != "" {
+		return revision
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				v += " (" + s.Value[:12] + ")"
+			if s.Key == "vcs.revision" && s.Value != "" {
+				return s.Value
 			}
 		}
-		v += " " + bi.GoVersion
 	}
-	return v
+	return "unknown"
 }

@@ -101,6 +101,10 @@ func (c *Config) Validate() error {
 
 	if c.AllowAnonymous.Enabled {
 		errs = append(errs, c.AllowAnonymous.Policy.validate("allow_anonymous.policy")...)
+		if len(c.AllowAnonymous.Policy.Connections) == 0 {
+			// Without it every call is PERMISSION_DENIED: surely not meant.
+			add("allow_anonymous.policy.connections: required when enabled (without it anonymous callers may use no connection), e.g. [\"*\"]")
+		}
 	}
 	names := map[string]string{}
 	keys := map[string]string{}

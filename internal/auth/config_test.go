@@ -90,6 +90,7 @@ func TestConfigValidate(t *testing.T) {
 			},
 			want: []string{
 				`allow_anonymous.policy.rpcs[0]: unknown RPC "Everything" (known: service, operator, GetToken,`,
+				`allow_anonymous.policy.connections: required when enabled`,
 				`callers[0].api_key_sha256[1]: must be 64 hex characters`,
 				`callers[0].policy.connections[0]: "pay-[" is not a valid glob`,
 				`callers[1].api_key_sha256[0]: same key as callers[0].api_key_sha256[0]`,

@@ -28,6 +28,11 @@ import (
 const (
 	DefaultGRPCAddr  = ":9090"
 	DefaultAdminAddr = ":9091"
+	// DefaultCallbackAddr is where the OAuth callback listens when
+	// listen.callback is unset and an authorization-code connection exists.
+	DefaultCallbackAddr = ":8081"
+	// CallbackOff, as listen.callback, turns the callback listener off.
+	CallbackOff      = "off"
 	DefaultSkew      = 60 * time.Second
 	DefaultKeyPrefix = "tokenbroker:v1:"
 
@@ -55,8 +60,18 @@ type Config struct {
 	Cache      Cache      `yaml:"cache"`
 	Broker     Broker     `yaml:"broker"`
 	// Tracing exports OpenTelemetry spans over OTLP (off by default).
-	Tracing     tracing.Config `yaml:"tracing"`
-	Connections []Connection   `yaml:"connections"`
+	Tracing tracing.Config `yaml:"tracing"`
+	// Secrets sets how secret files are checked.
+	Secrets     Secrets      `yaml:"secrets"`
+	Connections []Connection `yaml:"connections"`
+}
+
+// Secrets sets how secret files are checked.
+type Secrets struct {
+	// StrictPermissions makes a secret file readable by others (or by a
+	// group the broker does not need) an error at start and in
+	// -check-config instead of a warning (CheckSecretPermissions).
+	StrictPermissions bool `yaml:"strict_permissions"`
 }
 
 // Encryption configures encryption at rest.
@@ -95,15 +110,37 @@ type Broker struct {
 type Listen struct {
 	// GRPC is the gRPC API address (default ":9090").
 	GRPC string `yaml:"grpc"`
-	// Admin is the HTTP address for /healthz, /readyz, /metrics and the
-	// OAuth callback (default ":9091").
+	// Admin is the HTTP address for /healthz, /readyz and /metrics
+	// (default ":9091"). Keep it inside the cluster.
 	Admin string `yaml:"admin"`
+	// Callback is the HTTP address serving only GET /oauth2/callback, the
+	// redirect URI of authorization-code connections (wax,
+	// authorization_code): the one port a browser must reach, published
+	// through an Ingress without publishing metrics. Unset: ":8081" when
+	// such a connection exists, else off. "off": off (complete
+	// authorizations with CompleteAuthorization instead).
+	Callback string `yaml:"callback"`
 	// GRPCStreamWorkers is how many long-lived goroutines serve gRPC calls
 	// (default 64; 0: a new goroutine per call, grpc-go's default). A call
 	// that finds every worker busy still gets its own goroutine, so this is
 	// not a concurrency limit: it saves growing a fresh goroutine's stack on
 	// every call, which is a fifth of the CPU of a cached GetToken.
 	GRPCStreamWorkers *int `yaml:"grpc_stream_workers"`
+}
+
+// CallbackAddr is the address the callback listener serves, or "" when it
+// is off: listen.callback, or DefaultCallbackAddr when that is unset and
+// needed (an authorization-code connection exists).
+func (l Listen) CallbackAddr(needed bool) string {
+	switch {
+	case l.Callback == CallbackOff:
+		return ""
+	case l.Callback != "":
+		return l.Callback
+	case needed:
+		return DefaultCallbackAddr
+	}
+	return ""
 }
 
 // Log configures logging.
@@ -331,7 +368,11 @@ func (c *Config) ApplyDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	for _, l := range []struct{ key, addr string }{{"listen.grpc", c.Listen.GRPC}, {"listen.admin", c.Listen.Admin}} {
+	addrs := []struct{ key, addr string }{{"listen.grpc", c.Listen.GRPC}, {"listen.admin", c.Listen.Admin}}
+	if cb := c.Listen.Callback; cb != "" && cb != CallbackOff {
+		addrs = append(addrs, struct{ key, addr string }{"listen.callback", cb})
+	}
+	for _, l := range addrs {
 		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			add("%s: invalid address %q: want host:port or :port", l.key, l.addr)
 		}

@@ -47,6 +47,36 @@ func CheckServiceSecrets(c *Config, loader secret.Loader) []error {
 	return errs
 }
 
+// CheckSecretPermissions reports every secret file the configuration names
+// (secret references, and the private keys of tls and cache.redis.tls) that
+// is readable by more people than need it (secret.CheckPermissions), each
+// with its path. The broker logs them as warnings, or refuses to start with
+// secrets.strict_permissions. Files that cannot be read are left to
+// CheckSecrets.
+func CheckSecretPermissions(c *Config) []error {
+	var errs []error
+	check := func(path, file string) {
+		if file == "" {
+			return
+		}
+		if err := secret.CheckPermissions(file); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	}
+	visit := func(path string, r secret.Ref) { check(path, r.File) }
+	walkRefs(reflect.ValueOf(c).Elem(), "", visit)
+	for i, conn := range c.Connections {
+		if conn.Provider != nil {
+			walkRefs(reflect.ValueOf(conn.Provider).Elem(), fmt.Sprintf("connections[%d]", i), visit)
+		}
+	}
+	check("tls.key_file", c.TLS.KeyFile)
+	if c.Cache.Type == "redis" && c.Cache.Redis.TLS.Enabled {
+		check("cache.redis.tls.key_file", c.Cache.Redis.TLS.KeyFile)
+	}
+	return errs
+}
+
 func walkRefs(v reflect.Value, path string, fn func(string, secret.Ref)) {
 	switch v.Kind() {
 	case reflect.Struct:

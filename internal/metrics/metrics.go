@@ -99,6 +99,16 @@ func New() *Metrics {
 	return m
 }
 
+// SetBuildInfo exports tokenbroker_build_info{version,revision,goversion} 1,
+// so dashboards can tell which build each replica runs. Call it once.
+func (m *Metrics) SetBuildInfo(version, revision, goVersion string) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; the labels say which build is running.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
+	}, func() float64 { return 1 }))
+}
+
 // Handler serves the registry in the Prometheus exposition format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})

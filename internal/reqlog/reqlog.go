@@ -1,5 +1,8 @@
-// Package reqlog gives every gRPC call a request id and puts it on every log
-// line written with the call's context.
+// Package reqlog gives every gRPC call and every HTTP callback request a
+// request id and puts it on every log line written with its context. A failed
+// call gets one line saying what went wrong: method, code, reason,
+// connection, scopes, the status message and the request id (as
+// grpc-ecosystem's logging interceptor does).
 package reqlog
 
 import (
@@ -7,11 +10,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"net/http"
+	"reflect"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -29,6 +36,9 @@ type idContext struct {
 	context.Context
 	id string // set by WithID or the caller; else n is formatted
 	n  uint64 // 0: none
+	// cause is what SetCause recorded: the detail behind an INTERNAL
+	// answer, logged on the call's line instead of a line of its own.
+	cause error
 }
 
 func (c *idContext) Value(key any) any {
@@ -56,6 +66,19 @@ func ID(ctx context.Context) string {
 		return c.requestID()
 	}
 	return ""
+}
+
+// SetCause records err as the cause of the call in ctx failing, for its log
+// line (the answer says only "internal error"). It reports false when ctx
+// carries no call of this package's interceptor: log err yourself then. err
+// must not contain a secret.
+func SetCause(ctx context.Context, err error) bool {
+	c, ok := ctx.Value(ctxKey{}).(*idContext)
+	if !ok {
+		return false
+	}
+	c.cause = err
+	return true
 }
 
 // Handler adds "request_id" to every record logged with a context that
@@ -88,42 +111,167 @@ var (
 
 func formatID(n uint64) string { return prefix + "-" + strconv.FormatUint(n, 36) }
 
-// callerID returns the caller's x-request-id if it is a short token of
-// safe characters, so it can be logged as it is.
-func callerID(ctx context.Context) string {
-	// Not FromIncomingContext: that copies the whole metadata map.
-	v := metadata.ValueFromIncomingContext(ctx, Header)
-	if len(v) != 1 || len(v[0]) == 0 || len(v[0]) > 64 {
+// safeID returns v if it is a short token of safe characters, so it can be
+// logged as it is, else "".
+func safeID(v string) string {
+	if len(v) == 0 || len(v) > 64 {
 		return ""
 	}
-	for _, c := range []byte(v[0]) {
+	for _, c := range []byte(v) {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
 			return ""
 		}
 	}
-	return v[0]
+	return v
 }
 
-// UnaryInterceptor assigns the request id and logs each call: failures at
-// info level, successes at debug level (checked before any work, so a
-// cached GetToken logs nothing and allocates nothing for it at info).
+// callerID returns the caller's x-request-id if safeID accepts it.
+func callerID(ctx context.Context) string {
+	// Not FromIncomingContext: that copies the whole metadata map.
+	v := metadata.ValueFromIncomingContext(ctx, Header)
+	if len(v) != 1 {
+		return ""
+	}
+	return safeID(v[0])
+}
+
+// newContext gives a call or request its id: the caller's, or a fresh one.
+func newContext(ctx context.Context, id string) *idContext {
+	c := &idContext{Context: ctx, id: id}
+	if c.id == "" {
+		c.n = counter.Add(1)
+	}
+	return c
+}
+
+// UnaryInterceptor assigns the request id and logs each call: failures with
+// what went wrong (see CodeLevel), successes at debug level (checked before
+// any work, so a cached GetToken logs nothing and allocates nothing for it
+// at info).
 func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		c := &idContext{Context: ctx, id: callerID(ctx)}
-		if c.id == "" {
-			c.n = counter.Add(1)
-		}
+		c := newContext(ctx, callerID(ctx))
 		ctx = c
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		level := slog.LevelDebug
-		if err != nil {
-			level = slog.LevelInfo
+		if err == nil {
+			if log.Enabled(ctx, slog.LevelDebug) {
+				log.LogAttrs(ctx, slog.LevelDebug, "rpc", slog.String("method", info.FullMethod),
+					slog.String("code", codes.OK.String()), slog.Duration("took", time.Since(start)))
+			}
+			return resp, nil
 		}
-		if log.Enabled(ctx, level) {
-			log.LogAttrs(ctx, level, "rpc", slog.String("method", info.FullMethod),
-				slog.String("code", status.Code(err).String()), slog.Duration("took", time.Since(start)))
+		st := status.Convert(err)
+		level := CodeLevel(st.Code())
+		if !log.Enabled(ctx, level) {
+			return resp, err
 		}
+		attrs := make([]slog.Attr, 0, 10)
+		attrs = append(attrs, slog.String("method", info.FullMethod), slog.String("code", st.Code().String()))
+		var ei *errdetails.ErrorInfo
+		for _, d := range st.Details() {
+			if e, ok := d.(*errdetails.ErrorInfo); ok {
+				ei = e
+				break
+			}
+		}
+		conn := ei.GetMetadata()["connection"]
+		if r, ok := req.(interface{ GetConnection() string }); ok && conn == "" {
+			conn = loggableName(r.GetConnection())
+		}
+		if ei != nil {
+			attrs = append(attrs, slog.String("reason", ei.GetReason()))
+		}
+		if conn != "" {
+			attrs = append(attrs, slog.String("connection", conn))
+		}
+		if caller := ei.GetMetadata()["caller"]; caller != "" {
+			attrs = append(attrs, slog.String("caller", caller))
+		}
+		if oc := ei.GetMetadata()["oauth_error"]; oc != "" {
+			attrs = append(attrs, slog.String("oauth_error", oc))
+		}
+		if r, ok := req.(interface{ GetScopes() []string }); ok {
+			attrs = append(attrs, scopesAttr(r.GetScopes()))
+		}
+		attrs = append(attrs, slog.String("error", st.Message()))
+		if c.cause != nil {
+			attrs = append(attrs, slog.String("cause", c.cause.Error()))
+		}
+		attrs = append(attrs, slog.Duration("took", time.Since(start)))
+		log.LogAttrs(ctx, level, "rpc", attrs...)
 		return resp, err
 	}
+}
+
+// CodeLevel is the level a failed call is logged at: info for the caller's
+// own mistakes, warn for what an operator may need to act on (an upstream
+// down, a grant to renew, a caller refused), error for the broker's faults.
+// It follows grpc-ecosystem's DefaultServerCodeToLevel.
+func CodeLevel(c codes.Code) slog.Level {
+	switch c {
+	case codes.OK, codes.Canceled, codes.InvalidArgument, codes.NotFound, codes.AlreadyExists, codes.Unauthenticated:
+		return slog.LevelInfo
+	case codes.Unknown, codes.Unimplemented, codes.Internal, codes.DataLoss:
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}
+
+// maxLoggedScopes bounds how many of a request's scopes its line lists.
+const maxLoggedScopes = 16
+
+func scopesAttr(scopes []string) slog.Attr {
+	if len(scopes) > maxLoggedScopes {
+		return slog.Group("scopes", slog.Any("first", scopes[:maxLoggedScopes]), slog.Int("count", len(scopes)))
+	}
+	if scopes == nil {
+		scopes = []string{} // [] in JSON, not null
+	}
+	return slog.Any("scopes", scopes)
+}
+
+// loggableName returns a connection name as the caller sent it if it looks
+// like one (a-z, 0-9, '.', '_', '-', at most 64 bytes), else "": whatever
+// else a caller put there stays out of the log.
+func loggableName(s string) string {
+	if len(s) == 0 || len(s) > 64 {
+		return ""
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return ""
+		}
+	}
+	return s
+}
+
+// HTTPHandler gives every request to h a request id (the caller's
+// X-Request-Id if safe, else a fresh one), put on every line logged with
+// the request's context and answered in the X-Request-Id response header.
+func HTTPHandler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := newContext(r.Context(), safeID(r.Header.Get("X-Request-Id")))
+		w.Header().Set("X-Request-Id", c.requestID())
+		h.ServeHTTP(w, r.WithContext(c))
+	})
+}
+
+// ReplaceAttr is a slog.HandlerOptions.ReplaceAttr that writes durations as
+// Go duration strings ("1.9ms", "3s") instead of integer nanoseconds, and a
+// nil slice as [] instead of null.
+func ReplaceAttr(_ []string, a slog.Attr) slog.Attr {
+	switch a.Value.Kind() {
+	case slog.KindDuration:
+		return slog.String(a.Key, a.Value.Duration().String())
+	case slog.KindAny:
+		v := a.Value.Any()
+		if v == nil {
+			return a
+		}
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+			return slog.Any(a.Key, reflect.MakeSlice(rv.Type(), 0, 0).Interface())
+		}
+	}
+	return a
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/reqlog"
 )
 
 // CallbackPath is where the broker receives the upstream's redirect: the
@@ -26,11 +27,12 @@ const MaxCallbackQuery = 8 << 10
 // to, and answers a plain HTML page: 200 on success, 400 for a bad or used
 // state, 403 when access was denied, 502/503/504 when the upstream or the
 // store failed. The page never shows the code, the state or any token.
+// Every request gets a request id (reqlog.HTTPHandler) on its log lines.
 func NewCallbackHandler(b *broker.Broker, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &callbackHandler{b: b, log: log}
+	return reqlog.HTTPHandler(&callbackHandler{b: b, log: log})
 }
 
 type callbackHandler struct {

@@ -13,6 +13,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/config"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/reqlog"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of every error.
@@ -52,7 +53,10 @@ func invalid(format string, args ...any) error {
 func (s *Service) toStatus(ctx context.Context, method, connection string, err error) error {
 	st := statusOf(connection, err)
 	if st == nil {
-		s.log.ErrorContext(ctx, "request failed", "method", method, "connection", validConnection(connection), "err", err)
+		// The detail goes on the call's one log line (reqlog), else here.
+		if !reqlog.SetCause(ctx, err) {
+			s.log.ErrorContext(ctx, "request failed", "method", method, "connection", validConnection(connection), "err", err)
+		}
 		return status.Error(codes.Internal, "internal error")
 	}
 	return st.Err()

@@ -54,6 +54,7 @@ func TestDefaultInstall(t *testing.T) {
 	want := []string{
 		"Deployment/" + fullname,
 		"NetworkPolicy/" + fullname,
+		"Pod/" + fullname + "-test-health",
 		"PodDisruptionBudget/" + fullname,
 		"Secret/" + fullname + "-config",
 		"Service/" + fullname,
@@ -326,7 +327,7 @@ func TestConfigChecksum(t *testing.T) {
 		return sum
 	}
 	base := checksum(t)
-	for _, set := range []string{"log.level=debug", "broker.leaseTTL=20s", "redis.addrs={redis-2:6379}", "auth.allowAnonymous.enabled=true", "connections[0].name=x,connections[0].type=client_credentials"} {
+	for _, set := range []string{"log.level=debug", "broker.leaseTTL=20s", "redis.addrs={redis-2:6379}", "auth.allowAnonymous.enabled=true,auth.allowAnonymous.policy.connections={*}", "connections[0].name=x,connections[0].type=client_credentials"} {
 		if got := checksum(t, set); got == base {
 			t.Errorf("--set %s: checksum/config unchanged (%s); want a new one so that pods roll", set, got)
 		}
@@ -549,6 +550,16 @@ func TestValidate(t *testing.T) {
 		{"duplicate connection", []string{defaultValues},
 			[]string{"connections[0].name=a", "connections[0].type=wx", "connections[1].name=a", "connections[1].type=wx"},
 			[]string{`connections[1].name: duplicate "a"`}},
+		{"anonymous without connections", []string{defaultValues}, []string{"auth.allowAnonymous.enabled=true"},
+			[]string{"auth.allowAnonymous.policy.connections: required with auth.allowAnonymous.enabled=true"}},
+		{"callback ingress without the callback", []string{defaultValues}, []string{"callback.ingress.enabled=true", "callback.host=b.example.com"},
+			[]string{"callback.ingress.enabled, callback.httpRoute.enabled: the callback listener is off"}},
+		{"callback ingress without a host", []string{ingressValues}, []string{"callback.host="},
+			[]string{"callback.host: the public host"}},
+		{"httproute without a gateway", []string{httpRouteValues}, []string{"callback.httpRoute.parentRefs=null"},
+			[]string{"callback.httpRoute.parentRefs: name the Gateway"}},
+		{"bad callback.enabled", []string{defaultValues}, []string{"callback.enabled=sometimes"},
+			[]string{"callback", "enabled"}},
 		{"service monitor scheme", []string{allFeaturesValues}, []string{"metrics.serviceMonitor.scheme=http"},
 			[]string{"metrics.serviceMonitor.scheme: must be https"}},
 		{"several problems at once", []string{defaultValues}, []string{"cache.type=memory", "tls.mtls=true"},

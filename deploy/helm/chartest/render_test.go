@@ -36,6 +36,8 @@ const (
 	allFeaturesValues = "all-features-values.yaml"
 	embeddedValues    = "embedded-redis-values.yaml"
 	memoryValues      = "memory-values.yaml"
+	ingressValues     = "callback-ingress-values.yaml"
+	httpRouteValues   = "callback-httproute-values.yaml"
 )
 
 // helm returns the helm binary: $HELM, or the pinned one in the repository's
@@ -121,6 +123,12 @@ func newObject(apiVersion, kind string) (any, bool) {
 		return new(appsv1.StatefulSet), true
 	case "v1 Service":
 		return new(corev1.Service), true
+	case "v1 Pod":
+		return new(corev1.Pod), true
+	case "networking.k8s.io/v1 Ingress":
+		return new(networkingv1.Ingress), true
+	case "gateway.networking.k8s.io/v1 HTTPRoute":
+		return new(unstructured.Unstructured), true
 	case "v1 Secret":
 		return new(corev1.Secret), true
 	case "v1 ConfigMap":

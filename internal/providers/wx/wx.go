@@ -45,7 +45,7 @@ import (
 // Defaults applied by Open to zero Config fields.
 const (
 	DefaultChainID          = "W"
-	DefaultTokenLifetime    = 7 * 24 * time.Hour
+	DefaultTokenLifetime    = MaxTokenLifetime - LifetimeMargin
 	DefaultTimeout          = 10 * time.Second
 	DefaultMaxResponseBytes = tokenhttp.DefaultMaxResponseBytes
 )
@@ -56,6 +56,14 @@ const (
 	MaxTokenLifetime = 7 * 24 * time.Hour
 	MinTokenLifetime = time.Minute
 )
+
+// LifetimeMargin is how far the default lifetime stays below the gateway's
+// week. The gateway compares the signed expiry with its own clock: signed
+// for exactly a week ahead, every password grant is refused
+// ("token expiration time is more than 604800 seconds ahead") as soon as the
+// gateway's clock is behind the broker's by a second. Five minutes covers
+// ordinary clock drift and costs 0.05% of the lifetime.
+const LifetimeMargin = 5 * time.Minute
 
 // Scope is the only scope the gateway knows.
 const Scope = "general"
@@ -91,7 +99,9 @@ type Config struct {
 	// account's base58 private key.
 	PrivateKey secret.Ref `yaml:"private_key"`
 	// TokenLifetime is how far ahead the signed expiry lies; 0 means 168h
-	// (the gateway's maximum). At least 1m, at most 168h.
+	// less LifetimeMargin (167h55m), so that a gateway clock a little behind
+	// ours still accepts it. At least 1m, at most 168h (the gateway's
+	// maximum, accepted when set explicitly).
 	TokenLifetime providers.Duration `yaml:"token_lifetime"`
 	// Timeout bounds one token request; 0 means 10s.
 	Timeout providers.Duration `yaml:"timeout"`

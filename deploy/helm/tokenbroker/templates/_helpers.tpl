@@ -112,6 +112,21 @@ https
 {{- end -}}
 
 {{/* Fixed paths of files mounted from Secrets. */}}
+{{/*
+"true" when the OAuth callback listener is on: callback.enabled true, or "auto" and a
+connection of type wax or authorization_code exists (as the broker itself decides).
+*/}}
+{{- define "tokenbroker.callbackEnabled" -}}
+{{- $e := .Values.callback.enabled -}}
+{{- if eq (toString $e) "auto" -}}
+{{- range .Values.connections -}}
+{{- if has .type (list "wax" "authorization_code") }}true{{ end -}}
+{{- end -}}
+{{- else if eq (toString $e) "true" -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "tokenbroker.paths" -}}
 config: /etc/tokenbroker/config
 redisPassword: /etc/tokenbroker/redis
@@ -128,7 +143,8 @@ no secret value is ever rendered here.
 {{- $v := .Values -}}
 {{- $paths := include "tokenbroker.paths" . | fromYaml -}}
 {{- $c := dict -}}
-{{- $_ := set $c "listen" (dict "grpc" (printf ":%d" (int $v.ports.grpc)) "admin" (printf ":%d" (int $v.ports.admin)) "grpc_stream_workers" (int $v.grpcStreamWorkers)) -}}
+{{- $callback := ternary (printf ":%d" (int $v.ports.callback)) "off" (eq (include "tokenbroker.callbackEnabled" .) "true") -}}
+{{- $_ := set $c "listen" (dict "grpc" (printf ":%d" (int $v.ports.grpc)) "admin" (printf ":%d" (int $v.ports.admin)) "callback" $callback "grpc_stream_workers" (int $v.grpcStreamWorkers)) -}}
 {{- $_ = set $c "log" (dict "level" $v.log.level) -}}
 {{- if $v.tls.enabled -}}
 {{- $tls := dict "cert_file" (printf "%s/tls.crt" $v.tls.mountPath) "key_file" (printf "%s/tls.key" $v.tls.mountPath) -}}
@@ -207,6 +223,9 @@ no secret value is ever rendered here.
 {{- $_ = set $c "tracing" (dict "enabled" true "otlp_endpoint" .otlpEndpoint "insecure" .insecure "sample_ratio" .sampleRatio) -}}
 {{- end -}}
 {{- end -}}
+{{- if $v.secrets.strictPermissions -}}
+{{- $_ = set $c "secrets" (dict "strict_permissions" true) -}}
+{{- end -}}
 {{- $_ = set $c "connections" (default list $v.connections) -}}
 {{- toYaml $c -}}
 {{- end -}}
@@ -231,4 +250,52 @@ httpGet:
 tcpSocket:
   port: grpc
 {{- end -}}
+{{- end -}}
+
+{{/*
+The broker container's volume mounts, shared by the check-config init container.
+*/}}
+{{- define "tokenbroker.volumeMounts" -}}
+{{- $v := .Values -}}
+{{- $paths := include "tokenbroker.paths" . | fromYaml -}}
+{{- $memory := eq $v.cache.type "memory" -}}
+- name: config
+  mountPath: {{ $paths.config }}
+  readOnly: true
+- name: tmp
+  mountPath: {{ $paths.tmp }}
+{{- if $memory }}
+- name: state
+  mountPath: {{ dir $v.cache.stateFile }}
+{{- end }}
+{{- if $v.tls.enabled }}
+- name: tls
+  mountPath: {{ $v.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if $v.encryption.existingSecret }}
+- name: encryption-keys
+  mountPath: {{ $v.encryption.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if and (not $memory) $v.redis.existingSecret }}
+- name: redis-password
+  mountPath: {{ $paths.redisPassword }}
+  readOnly: true
+{{- end }}
+{{- if and (not $memory) $v.redis.tls.caSecret }}
+- name: redis-ca
+  mountPath: {{ $paths.redisCA }}
+  readOnly: true
+{{- end }}
+{{- if and (not $memory) $v.redis.tls.clientCertSecret }}
+- name: redis-client-cert
+  mountPath: {{ $paths.redisClient }}
+  readOnly: true
+{{- end }}
+{{- range $i, $s := $v.connectionSecrets }}
+- name: conn-secret-{{ $i }}
+  mountPath: {{ $s.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end -}}

@@ -1,15 +1,10 @@
 package brokerclient_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,87 +14,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenbroker/tokenbroker/api/brokerclient"
+	"github.com/tokenbroker/tokenbroker/internal/testutil/demobroker"
 )
-
-// lockedBuffer collects the broker's log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startDemoBroker builds cmd/broker, runs it with -demo on loopback ports and
-// returns its gRPC address once it logs that it is serving.
-func startDemoBroker(t *testing.T) (grpcAddr string, logs *lockedBuffer) {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "broker")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/tokenbroker/tokenbroker/cmd/broker").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/broker: %v\n%s", err, out)
-	}
-
-	cmd := exec.Command(bin, "-demo", "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logs = &lockedBuffer{}
-	ready := make(chan string, 1)
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logs.Write(append(sc.Bytes(), '\n'))
-			var rec struct {
-				Msg      string `json:"msg"`
-				GRPCAddr string `json:"grpc_addr"`
-			}
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "serving" && rec.GRPCAddr != "" {
-				select {
-				case ready <- rec.GRPCAddr:
-				default:
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		_ = cmd.Wait()
-	})
-	select {
-	case addr := <-ready:
-		return addr, logs
-	case <-exited:
-		t.Fatalf("broker exited before serving:\n%s", logs.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("broker did not log \"serving\" within 30s:\n%s", logs.String())
-	}
-	return "", nil
-}
 
 // TestDemo gets a token for demo-cc from a real broker, reports it, and gets
 // a different one afterwards: first with Invalidate, then through the
 // transport when an API answers 401.
 func TestDemo(t *testing.T) {
-	addr, logs := startDemoBroker(t)
+	b := demobroker.Start(t)
+	addr, logs := b.GRPC, b.Logs
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

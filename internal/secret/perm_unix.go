@@ -1,0 +1,16 @@
+//go:build unix
+
+package secret
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+func owner(fi fs.FileInfo) (uid, gid int, ok bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, false
+	}
+	return int(st.Uid), int(st.Gid), true
+}
