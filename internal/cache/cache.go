@@ -50,6 +50,22 @@ type Cache interface {
 	// poll with TryLock alone. In a Redis Cluster, name and keys must share
 	// a hash tag ({…}).
 	TryLock(ctx context.Context, name string, ttl time.Duration, keys ...string) (Lease, [][]byte, error)
+	// IndexAdd puts member into the sorted index under key with score
+	// (replacing its score when present). Indexes are durable. Members are
+	// ordered by score, then bytewise; IndexRange ignores scores.
+	IndexAdd(ctx context.Context, key, member string, score float64) error
+	// IndexRemove takes member out of the index under key; absent is fine.
+	IndexRemove(ctx context.Context, key, member string) error
+	// IndexRange returns up to limit members of the index under key that
+	// sort bytewise at or after from ("" for the first), in bytewise order.
+	// All members of an index that uses it must have the same score. Its
+	// cost grows with limit, not with the size of the index.
+	IndexRange(ctx context.Context, key, from string, limit int) ([]string, error)
+	// IndexDue returns up to limit members of the index under key whose
+	// score is at most max, lowest score first.
+	IndexDue(ctx context.Context, key string, max float64, limit int) ([]string, error)
+	// IndexLen returns the number of members of the index under key.
+	IndexLen(ctx context.Context, key string) (int64, error)
 	// Ping reports whether the store is reachable, for readiness checks.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources. Calls after Close fail.

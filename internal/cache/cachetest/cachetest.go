@@ -70,6 +70,8 @@ func Run(t *testing.T, newCache func(t *testing.T) cache.Cache, advance func(t *
 		{"Lock", s.lock},
 		{"LockReads", s.lockReads},
 		{"LockCommit", s.lockCommit},
+		{"IndexRange", s.indexRange},
+		{"IndexDue", s.indexDue},
 		{"LockTakeoverAfterLapse", s.lockTakeover},
 		{"LockRace", s.lockRace},
 		{"CloseThenUse", s.closeThenUse},

@@ -41,3 +41,11 @@ type lease struct{}
 func (lease) Renew(context.Context, time.Duration) error   { return nil }
 func (lease) Commit(context.Context, ...cache.Write) error { return nil }
 func (lease) Release(context.Context) error                { return nil }
+
+func (Cache) IndexAdd(context.Context, string, string, float64) error { return nil }
+func (Cache) IndexRemove(context.Context, string, string) error       { return nil }
+func (Cache) IndexRange(context.Context, string, string, int) ([]string, error) {
+	return nil, nil
+}
+func (Cache) IndexDue(context.Context, string, float64, int) ([]string, error) { return nil, nil }
+func (Cache) IndexLen(context.Context, string) (int64, error)                  { return 0, nil }

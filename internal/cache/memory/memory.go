@@ -44,6 +44,7 @@ type Cache struct {
 	shards [numShards]shard
 	closed atomic.Bool
 	locks  locks
+	idx    indexes
 
 	// Persistence. seq counts durable changes (bumped under the changed
 	// shard's lock); a save writes a snapshot covering every change up to

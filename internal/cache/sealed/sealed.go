@@ -232,3 +232,29 @@ func (c *Cache) Subscribe(ctx context.Context, channel string, fn func(msg []byt
 
 // Close closes the inner cache.
 func (c *Cache) Close() error { return c.inner.Close() }
+
+// IndexAdd implements cache.Cache. Index members (account ids) are not
+// secrets and are stored as given, like keys.
+func (c *Cache) IndexAdd(ctx context.Context, key, member string, score float64) error {
+	return c.inner.IndexAdd(ctx, key, member, score)
+}
+
+// IndexRemove implements cache.Cache.
+func (c *Cache) IndexRemove(ctx context.Context, key, member string) error {
+	return c.inner.IndexRemove(ctx, key, member)
+}
+
+// IndexRange implements cache.Cache.
+func (c *Cache) IndexRange(ctx context.Context, key, from string, limit int) ([]string, error) {
+	return c.inner.IndexRange(ctx, key, from, limit)
+}
+
+// IndexDue implements cache.Cache.
+func (c *Cache) IndexDue(ctx context.Context, key string, max float64, limit int) ([]string, error) {
+	return c.inner.IndexDue(ctx, key, max, limit)
+}
+
+// IndexLen implements cache.Cache.
+func (c *Cache) IndexLen(ctx context.Context, key string) (int64, error) {
+	return c.inner.IndexLen(ctx, key)
+}
