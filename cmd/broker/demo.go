@@ -102,6 +102,10 @@ func (d *demo) merge(cfg *config.Config) *config.Config {
 	if cfg == nil {
 		cfg = &config.Config{Listen: config.Listen{GRPC: "127.0.0.1:9090", Admin: "127.0.0.1:9091", Callback: "127.0.0.1:8081"}}
 	}
+	if cfg.Listen.Callback == "" {
+		// demo-wax's redirect: on loopback, as the emulator that sends it.
+		cfg.Listen.Callback = "127.0.0.1:8081"
+	}
 	cfg.Connections = append(cfg.Connections, d.conns...)
 	if !cfg.Auth.AllowAnonymous.Enabled && len(cfg.Auth.Callers) == 0 {
 		// The demo has no credentials to hand out: it trusts loopback only.

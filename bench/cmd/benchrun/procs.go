@@ -189,7 +189,7 @@ encryption:
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	args := []string{"-demo", "-config", cfgFile, "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}
+	args := []string{"-demo", "-config", cfgFile, "-grpc-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0", "-callback-addr", "127.0.0.1:0"}
 	if profileDir != "" {
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, name+".pprof"))
 	}

@@ -129,7 +129,7 @@ func configYAML(o *Options, redis redisConfig, keyEnv string) ([]byte, error) {
 		level = "info"
 	}
 	doc := map[string]any{
-		"listen":      map[string]string{"grpc": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+		"listen":      map[string]string{"grpc": "127.0.0.1:0", "admin": "127.0.0.1:0", "callback": "127.0.0.1:0"},
 		"log":         map[string]string{"level": level},
 		"cache":       map[string]any{"type": "redis", "redis": redis},
 		"connections": conns,
