@@ -156,7 +156,7 @@ type Cluster struct {
 	sentinel  *Sentinel
 
 	redisCluster *redistest.Cluster
-	replicas  []*Replica
+	replicas     []*Replica
 
 	rrOnce sync.Once
 	rrConn *grpc.ClientConn
