@@ -190,11 +190,11 @@ bench-ghz: deps $(BIN)/.ghz-$(GHZ_VERSION)
 	BENCH_DURATION=$(BENCH_DURATION) $(GO) run ./bench/cmd/benchrun -ghz $(BIN)/ghz
 
 # ---- faults (issue 13) --------------------------------------------------------
-#   make test-faults  TestFaults with every fault held the full 10 s of issue 13 (about 4 minutes on 2 cores):
+#   make test-faults  TestFaults with every fault held the full 10 s of issue 13 (about 2.5 minutes on 2 cores):
 #                     Redis and upstream faults through an embedded Toxiproxy, SIGSTOP of redis-server, a Sentinel
 #                     and a Redis Cluster failover, under load on 3 replicas. Prints the table kept in
 #                     docs/RELIABILITY.md and writes it to $(FAULT_TABLE).
-# `make test` runs the same scenarios with faults held 2 s (TOKENBROKER_FAULT_DURATION unset), to stay short.
+# `make test` runs the same scenarios with faults held 2 s (TOKENBROKER_FAULT_DURATION unset): about 1 minute more.
 FAULT_DURATION ?= 10s
 FAULT_TABLE    ?= $(CURDIR)/.cache/faults.md
 

@@ -76,6 +76,7 @@ type faultResult struct {
 	Recovery               time.Duration // -1: not within recoveryLimit
 	Restarts               int
 	WarmSample, ColdSample string
+	RecoveryErr            string // what was still wrong at the last early recovery check
 }
 
 var (
@@ -295,10 +296,12 @@ func (r *faultRun) hold(t *testing.T, d time.Duration, inject func(), undo func(
 	ended := time.Now()
 	r.res.Recovery = -1
 	for wait := 20 * time.Millisecond; time.Since(ended) < recoveryLimit; wait = min(2*wait, 200*time.Millisecond) {
-		if err := recovered(); err == nil {
+		err := recovered()
+		if err == nil {
 			r.res.Recovery = time.Since(ended)
 			break
 		}
+		r.res.RecoveryErr = err.Error()
 		time.Sleep(wait)
 	}
 	r.setProbing(false)
@@ -333,9 +336,9 @@ func checkFaultBounds(t *testing.T, res faultResult) {
 	}
 	if res.Recovery < 0 || res.Recovery > maxRecovery {
 		if res.Recovery < 0 {
-			t.Errorf("%s: not recovered %v after the fault; want within %v", res.Scenario, recoveryLimit, maxRecovery)
+			t.Errorf("%s: not recovered %v after the fault; want within %v (last: %s)", res.Scenario, recoveryLimit, maxRecovery, res.RecoveryErr)
 		} else {
-			t.Errorf("%s: recovery took %v; want at most %v", res.Scenario, res.Recovery, maxRecovery)
+			t.Errorf("%s: recovery took %v; want at most %v (last before: %s)", res.Scenario, res.Recovery, maxRecovery, res.RecoveryErr)
 		}
 	}
 	if res.Restarts != 0 {
