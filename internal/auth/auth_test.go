@@ -437,7 +437,7 @@ func TestMethods(t *testing.T) {
 		t.Errorf("TokenBrokerService has streaming methods; check that the operator role covers them")
 	}
 	slices.Sort(methods)
-	if want := []string{"CompleteAuthorization", "GetToken", "InvalidateToken", "ListConnections", "StartAuthorization"}; !slices.Equal(methods, want) {
+	if want := []string{"CompleteAuthorization", "DeleteAccount", "GetToken", "ImportGrant", "InvalidateToken", "ListAccounts", "ListConnections", "StartAuthorization"}; !slices.Equal(methods, want) {
 		t.Errorf("TokenBrokerService methods = %v; want %v (update the auth policy's RPC names)", methods, want)
 	}
 	for _, full := range []string{"/tokenbroker.v1.AdminService/Shutdown", "/tokenbroker.v2.TokenBrokerService/GetToken", "/grpc.healthz/Check"} {

@@ -64,9 +64,9 @@ type Policy struct {
 	// scopes: the connection's default scopes are not checked here.
 	Scopes []string `yaml:"scopes"`
 	// RPCs are the methods the caller may call: GetToken, InvalidateToken,
-	// ListConnections, StartAuthorization, CompleteAuthorization, or the
-	// roles "service" (GetToken) and "operator" (all of them). Empty means
-	// "service".
+	// ListConnections, StartAuthorization, CompleteAuthorization,
+	// ListAccounts, DeleteAccount, ImportGrant, or the roles "service"
+	// (GetToken) and "operator" (all of them). Empty means "service".
 	RPCs []string `yaml:"rpcs"`
 }
 
@@ -83,7 +83,8 @@ const AnonymousName = "anonymous"
 const serviceName = "tokenbroker.v1.TokenBrokerService"
 
 // rpcNames are the methods of tokenbroker.v1.TokenBrokerService.
-var rpcNames = []string{"GetToken", "InvalidateToken", "ListConnections", "StartAuthorization", "CompleteAuthorization"}
+var rpcNames = []string{"GetToken", "InvalidateToken", "ListConnections", "StartAuthorization", "CompleteAuthorization",
+	"ListAccounts", "DeleteAccount", "ImportGrant"}
 
 var roles = map[string][]string{
 	RoleService:  {"GetToken"},

@@ -15,9 +15,9 @@ func (ct *cachedToken) usable(now time.Time, minTTL time.Duration) bool {
 
 // remember puts a token read from or written to the shared cache into L1
 // and schedules its refresh-ahead.
-func (b *Broker) remember(c *conn, key string, scopes []string, ct *cachedToken) {
+func (b *Broker) remember(c *conn, account, key string, scopes []string, ct *cachedToken) {
 	now := b.now()
-	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, scopes: scopes}
+	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, account: account, scopes: scopes}
 	// Every path here is a use: a caller's hit on the shared cache, or a
 	// fetch some caller (or refresh-ahead) asked for.
 	e.lastUsed.Store(now.UnixNano())
@@ -56,7 +56,7 @@ func (b *Broker) refreshAheadNow(key string, e *l1Entry) {
 		return // idle: let it expire
 	}
 	b.refreshes.Add(1)
-	f := b.join(context.Background(), e.c, key, e.scopes, fetchOptions{replaceBefore: e.tok.Expiry, ahead: true})
+	f := b.join(context.Background(), e.c, e.account, key, e.scopes, fetchOptions{replaceBefore: e.tok.Expiry, ahead: true})
 	<-f.done
 	if f.err != nil {
 		b.log.Warn("refresh-ahead failed; callers will fetch on demand", "connection", e.c.Name, "err", f.err)
@@ -73,21 +73,22 @@ func (b *Broker) announce(ctx context.Context, key string) {
 	}
 }
 
-// announceConnection tells every replica to drop its L1 copies of c's
-// tokens (its grant was replaced), and drops ours.
-func (b *Broker) announceConnection(ctx context.Context, c *conn) {
-	b.l1.dropConnection(c.Name)
-	b.announce(ctx, connectionMessage+c.Name)
+// announceAccount tells every replica to drop its L1 copies of the tokens
+// of (c, account) (its grant was replaced or deleted), and drops ours.
+func (b *Broker) announceAccount(ctx context.Context, c *conn, account string) {
+	t := tag(c.Name, account)
+	b.l1.dropTag(t)
+	b.announce(ctx, accountMessage+t)
 }
 
-// connectionMessage prefixes an invalidation of a whole connection; token
-// keys never start with it.
-const connectionMessage = "connection:"
+// accountMessage prefixes an invalidation of every token of one (connection,
+// account); token keys never start with it.
+const accountMessage = "account:"
 
 // onInvalidate handles another replica's announcement.
 func (b *Broker) onInvalidate(msg []byte) {
-	if name, ok := strings.CutPrefix(string(msg), connectionMessage); ok {
-		b.l1.dropConnection(name)
+	if t, ok := strings.CutPrefix(string(msg), accountMessage); ok {
+		b.l1.dropTag(t)
 		return
 	}
 	b.l1.drop(string(msg), nil)

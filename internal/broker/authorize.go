@@ -53,8 +53,12 @@ type AuthorizationResponse struct {
 	// Connection, when set, must be the one the state is bound to; empty
 	// accepts whichever it is (the HTTP callback cannot know).
 	Connection string
-	State      string
-	Code       string
+	// Account, when Connection is set, must be the one the state is
+	// bound to ("" the default account); the HTTP callback leaves both
+	// empty and takes whichever the state names.
+	Account string
+	State   string
+	Code    string
 	// Error and ErrorDescription are the upstream's error response; Error
 	// is empty on approval.
 	Error            string
@@ -66,9 +70,12 @@ type AuthorizationResponse struct {
 // URL carries, and when the state stops being accepted. Connections whose
 // provider does not use the grant fail with providers.ErrNotSupported; a
 // cache that cannot keep single-use values with ErrStore.
-func (b *Broker) StartAuthorization(ctx context.Context, connection string) (authURL, state string, expires time.Time, err error) {
+func (b *Broker) StartAuthorization(ctx context.Context, connection, account string) (authURL, state string, expires time.Time, err error) {
 	c, az, err := b.authorizer(connection)
 	if err != nil {
+		return "", "", time.Time{}, err
+	}
+	if err := c.checkAccount(account); err != nil {
 		return "", "", time.Time{}, err
 	}
 	buf := make([]byte, authStateRandomBytes)
@@ -76,7 +83,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, connection string) (aut
 	state = base64.RawURLEncoding.EncodeToString(buf)
 	expires = b.now().Add(AuthStateTTL)
 	verifier := oauth2.GenerateVerifier() // RFC 7636; used by providers with PKCE on
-	rec, _ := json.Marshal(authStateRecord{V: 1, Conn: c.Name, Exp: expires.UnixMilli(), Verifier: verifier})
+	rec, _ := json.Marshal(authStateRecord{V: 1, Conn: c.Name, Account: account, Exp: expires.UnixMilli(), Verifier: verifier})
 	ok, err := b.store.SetNX(ctx, authStateKey(state), rec, AuthStateTTL)
 	switch {
 	case err != nil:
@@ -84,17 +91,21 @@ func (b *Broker) StartAuthorization(ctx context.Context, connection string) (aut
 	case !ok:
 		return "", "", time.Time{}, fmt.Errorf("%w: authorization state collision", ErrStore)
 	}
-	b.log.InfoContext(ctx, "authorization started", "connection", c.Name, "state_expires_at", expires.UTC())
+	b.log.InfoContext(ctx, "authorization started", "connection", c.Name, "account", account, "state_expires_at", expires.UTC())
 	return az.AuthCodeURL(state, verifier), state, expires, nil
 }
 
 // CompleteAuthorization redeems code, which the upstream returned with
 // state, for connection: see HandleAuthorizationResponse.
-func (b *Broker) CompleteAuthorization(ctx context.Context, connection, code, state string) error {
-	if _, err := b.connection(connection); err != nil {
+func (b *Broker) CompleteAuthorization(ctx context.Context, connection, account, code, state string) error {
+	c, err := b.connection(connection)
+	if err != nil {
 		return err
 	}
-	_, err := b.HandleAuthorizationResponse(ctx, AuthorizationResponse{Connection: connection, Code: code, State: state})
+	if err := c.checkAccount(account); err != nil {
+		return err
+	}
+	_, err = b.HandleAuthorizationResponse(ctx, AuthorizationResponse{Connection: connection, Account: account, Code: code, State: state})
 	return err
 }
 
@@ -171,7 +182,7 @@ func (b *Broker) HandleAuthorizationResponse(ctx context.Context, r Authorizatio
 // complete runs the completion this call owns, under the pending marker at
 // key, and records its outcome there.
 func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key string) (string, error) {
-	name, verifier, err := b.consumeState(ctx, r.State, r.Connection)
+	name, account, verifier, err := b.consumeState(ctx, r)
 	if err != nil {
 		// Nothing was spent: drop the marker so it answers for nothing.
 		if derr := b.store.Delete(ctx, key); derr != nil {
@@ -180,7 +191,7 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 		return "", err
 	}
 	c := b.conns[name] // consumeState checked it exists
-	outcome := b.redeem(ctx, c, r, verifier)
+	outcome := b.redeem(ctx, c, account, r, verifier)
 	if outcome != nil {
 		b.log.WarnContext(ctx, "authorization failed", "connection", name, "err", outcome)
 	}
@@ -192,64 +203,75 @@ func (b *Broker) complete(ctx context.Context, r AuthorizationResponse, key stri
 	return name, outcome
 }
 
-// consumeState checks the state and removes it, returning its connection
-// and the PKCE code verifier kept with it.
-// A state bound to another connection than want ("" for any) is kept.
-func (b *Broker) consumeState(ctx context.Context, state, want string) (connection, verifier string, err error) {
-	key := authStateKey(state)
+// consumeState checks r's state and removes it, returning its connection,
+// account and the PKCE code verifier kept with it. A state bound to another
+// connection or account than r names (when it names one) is kept.
+func (b *Broker) consumeState(ctx context.Context, r AuthorizationResponse) (connection, account, verifier string, err error) {
+	key := authStateKey(r.State)
 	raw, err := b.store.Get(ctx, key)
 	if errors.Is(err, cache.ErrNotFound) {
-		return "", "", fmt.Errorf("%w: unknown, expired or already used; start the authorization again", ErrInvalidState)
+		return "", "", "", fmt.Errorf("%w: unknown, expired or already used; start the authorization again", ErrInvalidState)
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("%w: %w", ErrStore, err)
+		return "", "", "", fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	var rec authStateRecord
 	if err := json.Unmarshal(raw, &rec); err != nil || rec.V != 1 {
-		return "", "", fmt.Errorf("%w: authorization state unreadable", ErrStore)
+		return "", "", "", fmt.Errorf("%w: authorization state unreadable", ErrStore)
 	}
-	if want != "" && rec.Conn != want {
-		return "", "", fmt.Errorf("%w: it was issued for another connection", ErrInvalidState)
+	if r.Connection != "" && (rec.Conn != r.Connection || rec.Account != r.Account) {
+		return "", "", "", fmt.Errorf("%w: it was issued for another connection or account", ErrInvalidState)
 	}
 	if _, err := b.store.GetDel(ctx, key); errors.Is(err, cache.ErrNotFound) {
-		return "", "", fmt.Errorf("%w: already used; start the authorization again", ErrInvalidState)
+		return "", "", "", fmt.Errorf("%w: already used; start the authorization again", ErrInvalidState)
 	} else if err != nil {
-		return "", "", fmt.Errorf("%w: %w", ErrStore, err)
+		return "", "", "", fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	if !b.now().Before(time.UnixMilli(rec.Exp)) {
-		return "", "", fmt.Errorf("%w: expired; start the authorization again", ErrInvalidState)
+		return "", "", "", fmt.Errorf("%w: expired; start the authorization again", ErrInvalidState)
 	}
 	if _, _, err := b.authorizer(rec.Conn); err != nil {
-		return "", "", fmt.Errorf("%w: bound to a connection that is no longer configured", ErrInvalidState)
+		return "", "", "", fmt.Errorf("%w: bound to a connection that is no longer configured", ErrInvalidState)
 	}
-	return rec.Conn, rec.Verifier, nil
+	return rec.Conn, rec.Account, rec.Verifier, nil
 }
 
-// redeem handles the upstream's answer for connection c: an error, or a code
-// to exchange. On success the new grant replaces the old one whole, under
-// the connection's lease (waiting for a refresh in flight on another
-// replica), in one fenced write with the token that came with it; tokens
-// other replicas hold in L1 are dropped by announcement.
-func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse, verifier string) error {
+// redeem handles the upstream's answer for (c, account): an error, or a
+// code to exchange. On success the new grant replaces the old one whole
+// (see replaceGrant).
+func (b *Broker) redeem(ctx context.Context, c *conn, account string, r AuthorizationResponse, verifier string) error {
 	if r.Error != "" {
 		return fmt.Errorf("authorization of %q not granted: %w", c.Name,
 			&providers.OAuthError{Code: r.Error, Description: r.ErrorDescription})
 	}
+	return b.replaceGrant(ctx, c, account, "authorization completed", func(ctx context.Context) (*providers.Token, error) {
+		return c.authorizer.Exchange(ctx, r.Code, verifier)
+	})
+}
+
+// replaceGrant obtains a new grant for (c, account) with get and stores it
+// in place of the old one, whole, under the account's lease (waiting for a
+// refresh in flight on another replica), in one fenced write with the token
+// that came with it; every token obtained from the old grant is deleted,
+// and other replicas drop their L1 copies by announcement. get runs only
+// once the lease is held, so nothing single-use is spent before.
+func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string, get func(context.Context) (*providers.Token, error)) error {
 	var lease cache.Lease
 	var values [][]byte
-	if err := b.waitForLease(ctx, c, lockName(c, ""), nil, nil, &lease, &values); err != nil {
+	if err := b.waitForLease(ctx, c, lockName(c, account, ""), []string{grantKey(c.Name, account)}, nil, &lease, &values); err != nil {
 		// Nothing spent yet: the person can retry with a new authorization.
-		return fmt.Errorf("%w: take the connection's lease: %w", ErrStore, err)
+		return fmt.Errorf("%w: take the account's lease: %w", ErrStore, err)
 	}
+	_, old, _ := b.decodeGrant(c, values[0]) // an unreadable old grant is replaced all the same
 	stopRenewing := b.keepRenewed(ctx, c, lease)
 	defer stopRenewing()
 	start := b.now()
-	t, err := c.authorizer.Exchange(ctx, r.Code, verifier)
+	t, err := get(ctx)
 	if err == nil && !t.Expiry.After(b.now()) {
 		err = fmt.Errorf("%w: token expired on arrival (expiry %s)", providers.ErrInvalidResponse, t.Expiry.UTC().Format(time.RFC3339))
 	}
+	stopRenewing()
 	if err != nil {
-		stopRenewing()
 		_ = lease.Release(ctx)
 		return err
 	}
@@ -257,37 +279,40 @@ func (b *Broker) redeem(ctx context.Context, c *conn, r AuthorizationResponse, v
 	if t.Grant == nil {
 		t.Grant = &providers.Grant{Scopes: t.Scopes}
 	}
-	// A new authorization replaces the old grant whole: nothing of it is
-	// merged in.
-	g := b.merge(c, nil, t)
-	raw, err := encodeGrant(g)
-	if err != nil {
-		stopRenewing()
-		_ = lease.Release(ctx)
-		return fmt.Errorf("%w: %w", ErrStore, err)
-	}
-	writes := []cache.Write{{Key: grantKey(c.Name), Value: raw}}
+	g := b.merge(c, account, nil, t)
 	tok := &Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: t.Expiry, Scopes: t.Scopes}
 	skew := min(c.Skew, t.Expiry.Sub(start)/2)
 	fresh := t.Expiry.Add(-skew)
-	if ttl := fresh.Sub(now); ttl > 0 {
-		// Served to callers asking for the default scopes, and for exactly
-		// the granted ones.
-		keys := []string{tokenKey(c.Name, nil)}
-		if scopes, err := normalizeScopes(t.Scopes); err == nil && len(scopes) > 0 {
-			keys = append(keys, tokenKey(c.Name, scopes))
-		}
-		for _, k := range keys {
-			writes = append(writes, cache.Write{Key: k, Value: encodeToken(tok, fresh, c.subject), TTL: ttl})
+	// Served to callers asking for the default scopes, and for exactly the
+	// granted ones.
+	keys := []string{tokenKey(c.Name, account, c.defaultScopes)}
+	if scopes, err := normalizeScopes(t.Scopes); err == nil && len(scopes) > 0 {
+		keys = append(keys, tokenKey(c.Name, account, scopes))
+	}
+	var writes []cache.Write
+	for _, k := range old.keys {
+		if !slices.Contains(keys, k) {
+			writes = append(writes, cache.Write{Key: k, Delete: true})
 		}
 	}
-	stopRenewing()
+	m := grantMeta{tokenExpiry: t.Expiry}
+	for _, k := range keys {
+		m.addKey(k)
+		if ttl := fresh.Sub(now); ttl > 0 {
+			writes = append(writes, cache.Write{Key: k, Value: encodeToken(tok, fresh, c.subjectOf(account)), TTL: ttl})
+		} else {
+			writes = append(writes, cache.Write{Key: k, Delete: true})
+		}
+	}
+	writes = append(writes, b.grantWrite(c, account, g, m)...)
 	if err := b.commit(ctx, c, lease, writes); err != nil {
 		return err
 	}
-	b.announceConnection(ctx, c)
+	b.announceAccount(ctx, c, account)
+	b.indexAccount(ctx, c, account)
+	b.schedule(ctx, c, account, g)
 	c.served(t.Expiry, t.Expiry.Sub(start))
-	b.log.InfoContext(ctx, "authorization completed", "connection", c.Name, "scopes", t.Scopes,
+	b.log.InfoContext(ctx, what, "connection", c.Name, "account", account, "scopes", t.Scopes,
 		"refreshable", !g.RefreshToken.IsZero(), "expires_at", t.Expiry.UTC())
 	return nil
 }
@@ -356,7 +381,9 @@ func authResultKey(r AuthorizationResponse) string {
 type authStateRecord struct {
 	V    int    `json:"v"`
 	Conn string `json:"conn"`
-	Exp  int64  `json:"exp"` // Unix ms
+	// Account the authorization is for ("" the default).
+	Account string `json:"acct,omitempty"`
+	Exp     int64  `json:"exp"` // Unix ms
 	// Verifier is the RFC 7636 code verifier made for this authorization.
 	Verifier string `json:"pv,omitempty"`
 }

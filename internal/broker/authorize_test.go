@@ -109,7 +109,7 @@ func (h *azHarness) memCache(t *testing.T, stateFile string) cache.Cache {
 // answers at once; it returns the state and the query of the redirect back.
 func (h *azHarness) start(t *testing.T, b *broker.Broker, conn string) (state string, back url.Values) {
 	t.Helper()
-	authURL, state, exp, err := b.StartAuthorization(context.Background(), conn)
+	authURL, state, exp, err := b.StartAuthorization(context.Background(), conn, "")
 	if err != nil {
 		t.Fatalf("StartAuthorization(%s) = %v", conn, err)
 	}
@@ -143,7 +143,7 @@ func (h *azHarness) start(t *testing.T, b *broker.Broker, conn string) (state st
 func (h *azHarness) authorize(t *testing.T, b *broker.Broker, conn string) {
 	t.Helper()
 	state, back := h.start(t, b, conn)
-	if err := b.CompleteAuthorization(context.Background(), conn, back.Get("code"), state); err != nil {
+	if err := b.CompleteAuthorization(context.Background(), conn, "", back.Get("code"), state); err != nil {
 		t.Fatalf("CompleteAuthorization(%s) = %v", conn, err)
 	}
 }
@@ -267,21 +267,21 @@ func TestStateRejected(t *testing.T) {
 	}{
 		{"unknown", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			_, back := h.start(t, b, "wax")
-			return b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), "no-such-state")
+			return b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), "no-such-state")
 		}},
 		{"expired", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			state, back := h.start(t, b, "wax")
 			h.clk.Advance(broker.AuthStateTTL)
-			return b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), state)
+			return b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), state)
 		}},
 		{"reused", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			state, back := h.start(t, b, "wax")
-			if err := b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), state); err != nil {
+			if err := b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), state); err != nil {
 				t.Fatalf("first CompleteAuthorization() = %v", err)
 			}
 			_, other := h.start(t, b, "wax") // a valid, unspent code
 			before := h.emu.Counts()
-			err := b.CompleteAuthorization(context.Background(), "wax", other.Get("code"), state)
+			err := b.CompleteAuthorization(context.Background(), "wax", "", other.Get("code"), state)
 			if after := h.emu.Counts(); after.TokenRequests != before.TokenRequests {
 				t.Errorf("reused state: token endpoint called")
 			}
@@ -289,16 +289,16 @@ func TestStateRejected(t *testing.T) {
 		}},
 		{"other connection", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			state, back := h.start(t, b, "wax")
-			err := b.CompleteAuthorization(context.Background(), "wax-other", back.Get("code"), state)
+			err := b.CompleteAuthorization(context.Background(), "wax-other", "", back.Get("code"), state)
 			// The state is left for its own connection.
-			if err2 := b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), state); err2 != nil {
+			if err2 := b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), state); err2 != nil {
 				t.Errorf("completing for the right connection afterwards = %v", err2)
 			}
 			return err
 		}},
 		{"too long", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			_, back := h.start(t, b, "wax")
-			return b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), strings.Repeat("s", broker.MaxStateLength+1))
+			return b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), strings.Repeat("s", broker.MaxStateLength+1))
 		}},
 		{"callback with unknown state", func(t *testing.T, h *azHarness, b *broker.Broker) error {
 			_, back := h.start(t, b, "wax")
@@ -340,10 +340,10 @@ func TestDuplicateCompletion(t *testing.T) {
 				t.Fatalf("completion #%d = %q, %v; want wax, nil", i+1, conn, err)
 			}
 		}
-		if err := b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), state); err != nil {
+		if err := b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), state); err != nil {
 			t.Fatalf("CompleteAuthorization() after callbacks = %v; want the first outcome (nil)", err)
 		}
-		if err := b.CompleteAuthorization(context.Background(), "wax-other", back.Get("code"), state); !errors.Is(err, broker.ErrInvalidState) {
+		if err := b.CompleteAuthorization(context.Background(), "wax-other", "", back.Get("code"), state); !errors.Is(err, broker.ErrInvalidState) {
 			t.Fatalf("CompleteAuthorization(other connection) of a finished state = %v; want ErrInvalidState", err)
 		}
 		if c := h.emu.Counts(); c.CodeExchanges != 1 || c.ReusedCodes != 0 {
@@ -388,7 +388,7 @@ func TestDuplicateCompletion(t *testing.T) {
 		}
 		resp.Body.Close()
 		for i := range 2 {
-			err := b.CompleteAuthorization(context.Background(), "wax", back.Get("code"), state)
+			err := b.CompleteAuthorization(context.Background(), "wax", "", back.Get("code"), state)
 			if providers.OAuthCode(err) != providers.CodeInvalidGrant {
 				t.Fatalf("completion #%d = %v; want the upstream's invalid_grant", i+1, err)
 			}
@@ -416,7 +416,7 @@ func TestAccessDenied(t *testing.T) {
 	}
 	// The state is spent.
 	_, other := func() (string, url.Values) { h.emu.SetApprove(true); return h.start(t, b, "wax") }()
-	if err := b.CompleteAuthorization(context.Background(), "wax", other.Get("code"), state); !errors.Is(err, broker.ErrInvalidState) {
+	if err := b.CompleteAuthorization(context.Background(), "wax", "", other.Get("code"), state); !errors.Is(err, broker.ErrInvalidState) {
 		t.Errorf("completing a denied state with a code = %v; want ErrInvalidState", err)
 	}
 	if c := h.emu.Counts(); c.TokenRequests != 0 {
@@ -502,7 +502,7 @@ func TestStartAuthorizationErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run("conn="+tt.conn, func(t *testing.T) {
-			if _, _, _, err := b.StartAuthorization(context.Background(), tt.conn); !errors.Is(err, tt.want) {
+			if _, _, _, err := b.StartAuthorization(context.Background(), tt.conn, ""); !errors.Is(err, tt.want) {
 				t.Errorf("StartAuthorization(%q) = %v; want %v", tt.conn, err, tt.want)
 			}
 		})
@@ -650,7 +650,7 @@ func TestAuthorizationPKCE(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer completer.Close()
-	if err := completer.CompleteAuthorization(context.Background(), "app", back.Get("code"), state); err != nil {
+	if err := completer.CompleteAuthorization(context.Background(), "app", "", back.Get("code"), state); err != nil {
 		t.Fatalf("CompleteAuthorization() = %v", err)
 	}
 	if _, err := completer.GetToken(context.Background(), broker.Request{Connection: "app"}); err != nil {

@@ -60,6 +60,8 @@ type Options struct {
 	RejectionTTL time.Duration
 	// DisableRefreshAhead turns off background refresh of used tokens.
 	DisableRefreshAhead bool
+	// DisableKeepAlive turns off background refresh of idle grants.
+	DisableKeepAlive bool
 	// AfterFunc schedules refresh-ahead (nil: time.AfterFunc). Tests
 	// inject it to fire timers themselves.
 	AfterFunc func(d time.Duration, f func()) (stop func() bool)
@@ -79,12 +81,19 @@ type Connection struct {
 	// Skew: tokens are not served, and leave the cache, this long before
 	// they expire; capped at half of each token's lifetime.
 	Skew time.Duration
+	// GrantIdleLifetime, when set, is how long the upstream keeps an
+	// unused refresh token; grants are refreshed in the background before
+	// that (as when it reports refresh_token_expires_in).
+	GrantIdleLifetime time.Duration
 }
 
 // A Request asks for a token.
 type Request struct {
 	Connection string
-	Scopes     []string
+	// Account is the end user the token acts for ("": the connection's
+	// default account). Only connections that keep grants have accounts.
+	Account string
+	Scopes  []string
 	// MinTTL: the token must stay valid at least this long.
 	MinTTL time.Duration
 	// ForceRefresh ignores the cached token.
@@ -137,6 +146,9 @@ type conn struct {
 	authorizer providers.Authorizer // nil: no authorization code grant
 	// keepsGrant: the provider keeps durable grant state (refresh tokens).
 	keepsGrant bool
+	// canRunFullGrant: Provider.Token gets a token without a person or
+	// an imported grant (client credentials, WX signing with its key).
+	canRunFullGrant bool
 	// subject: the upstream account (providers.AccountBound), or "".
 	subject string
 	// defaultScopes stand for a request's empty scopes
@@ -154,7 +166,7 @@ type conn struct {
 	// pending is a grant obtained (a refresh token spent) whose write the
 	// store refused; it replaces the stored grant it was made from at the
 	// next fetch under the lease. Guarded by mu.
-	pending *pendingGrant
+	pending map[string]*pendingGrant // by account
 
 	mu         sync.Mutex
 	lastExpiry time.Time
@@ -233,6 +245,9 @@ func New(o Options) (*Broker, error) {
 		b.pub, b.unsubscribe = p, stop
 	}
 	go b.sweepEvery(b.l1MaxAge)
+	if !o.DisableKeepAlive {
+		go b.keepAlive()
+	}
 	return b, nil
 }
 
@@ -241,6 +256,10 @@ func (b *Broker) newConn(c Connection) *conn {
 	cn.refresher, _ = c.Provider.(providers.Refresher)
 	cn.authorizer, _ = c.Provider.(providers.Authorizer)
 	cn.keepsGrant = cn.refresher != nil || cn.authorizer != nil
+	cn.canRunFullGrant = cn.authorizer == nil
+	if nf, ok := c.Provider.(providers.GrantImporter); ok && nf.ImportsGrants() {
+		cn.canRunFullGrant = false
+	}
 	if ab, ok := c.Provider.(providers.AccountBound); ok {
 		cn.subject = ab.Subject()
 	}
@@ -252,6 +271,27 @@ func (b *Broker) newConn(c Connection) *conn {
 		cn.m.BreakerChanged(to)
 	})
 	return cn
+}
+
+// checkAccount checks that account can be asked of c.
+func (c *conn) checkAccount(account string) error {
+	if err := checkAccount(account); err != nil {
+		return err
+	}
+	if account != "" && !c.keepsGrant {
+		return fmt.Errorf("%w: connection %q (type %s) has no accounts: it keeps no per-user grant", ErrInvalidArgument, c.Name, c.Type)
+	}
+	return nil
+}
+
+// subjectOf is the upstream subject account's tokens and grants must be
+// for: the configured key's (providers.AccountBound) for the default
+// account; none for others, whose grants are authorized or imported.
+func (c *conn) subjectOf(account string) string {
+	if account == "" {
+		return c.subject
+	}
+	return ""
 }
 
 // scopes normalizes a request's scopes for c: sorted, unique, and c's
@@ -313,7 +353,7 @@ func (b *Broker) Connections(ctx context.Context) []ConnectionInfo {
 			info.Details = d.Describe()
 		}
 		if c.keepsGrant {
-			g, err := b.loadGrant(ctx, c)
+			g, _, err := b.loadGrant(ctx, c, "")
 			switch {
 			case err != nil:
 				info.State, info.LastError = StateFailing, err.Error()

@@ -90,7 +90,7 @@ func BenchmarkL1Get(b *testing.B) {
 	if _, err := br.GetToken(context.Background(), Request{Connection: "demo-cc", Scopes: []string{"read"}}); err != nil {
 		b.Fatal(err)
 	}
-	key := tokenKey("demo-cc", []string{"read"})
+	key := tokenKey("demo-cc", "", []string{"read"})
 	b.ReportAllocs()
 	stop := cpuMeter(b)
 	for b.Loop() {
@@ -111,7 +111,7 @@ func BenchmarkKey(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				_ = tokenKey("demo-cc", s)
+				_ = tokenKey("demo-cc", "", s)
 			}
 			stop()
 		})

@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/providers"
@@ -73,6 +74,31 @@ func decodeToken(raw []byte) (ct *cachedToken, rej error, err error) {
 	}, nil, nil
 }
 
+// grantMeta is what the broker keeps with a grant about its use.
+type grantMeta struct {
+	// keys are the token keys obtained from the grant, so replacing or
+	// deleting it retires them all.
+	keys []string
+	// tokenExpiry is the expiry of the last token obtained from it.
+	tokenExpiry time.Time
+	// lastError is the last fault refreshing it, "" since a success.
+	lastError string
+}
+
+// maxGrantKeys bounds grantMeta.keys: a grant used with more scope sets
+// forgets the oldest, whose tokens then just expire.
+const maxGrantKeys = 64
+
+func (m *grantMeta) addKey(key string) {
+	if slices.Contains(m.keys, key) {
+		return
+	}
+	m.keys = append(m.keys, key)
+	if len(m.keys) > maxGrantKeys {
+		m.keys = m.keys[len(m.keys)-maxGrantKeys:]
+	}
+}
+
 type grantRecord struct {
 	V             int      `json:"v"`
 	State         string   `json:"state"`
@@ -82,29 +108,40 @@ type grantRecord struct {
 	Scopes        []string `json:"scopes,omitempty"`
 	Subject       string   `json:"sub,omitempty"`
 	UpdatedAt     int64    `json:"updated"` // Unix ms
+	Keys          []string `json:"k,omitempty"`
+	TokenExpiry   int64    `json:"te,omitempty"` // Unix ms
+	LastError     string   `json:"err,omitempty"`
 }
 
-func encodeGrant(g *providers.Grant) ([]byte, error) {
+func encodeGrant(g *providers.Grant, m grantMeta) ([]byte, error) {
 	r := grantRecord{V: 1, State: string(g.State), RefreshToken: g.RefreshToken.Reveal(),
-		DeviceSecret: g.DeviceSecret.Reveal(), Scopes: g.Scopes, Subject: g.Subject, UpdatedAt: g.UpdatedAt.UnixMilli()}
+		DeviceSecret: g.DeviceSecret.Reveal(), Scopes: g.Scopes, Subject: g.Subject, UpdatedAt: g.UpdatedAt.UnixMilli(),
+		Keys: m.keys, LastError: m.lastError}
+	if !m.tokenExpiry.IsZero() {
+		r.TokenExpiry = m.tokenExpiry.UnixMilli()
+	}
 	if !g.RefreshExpiry.IsZero() {
 		r.RefreshExpiry = g.RefreshExpiry.UnixMilli()
 	}
 	return json.Marshal(r)
 }
 
-func decodeGrant(raw []byte) (*providers.Grant, error) {
+func decodeGrant(raw []byte) (*providers.Grant, grantMeta, error) {
 	var r grantRecord
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, fmt.Errorf("decode grant record: %w", err)
+		return nil, grantMeta{}, fmt.Errorf("decode grant record: %w", err)
 	}
 	if r.V != 1 {
-		return nil, fmt.Errorf("decode grant record: unsupported version %d", r.V)
+		return nil, grantMeta{}, fmt.Errorf("decode grant record: unsupported version %d", r.V)
+	}
+	m := grantMeta{keys: r.Keys, lastError: r.LastError}
+	if r.TokenExpiry != 0 {
+		m.tokenExpiry = time.UnixMilli(r.TokenExpiry)
 	}
 	g := &providers.Grant{State: providers.GrantState(r.State), RefreshToken: secret.New(r.RefreshToken),
 		DeviceSecret: secret.New(r.DeviceSecret), Scopes: r.Scopes, Subject: r.Subject, UpdatedAt: time.UnixMilli(r.UpdatedAt)}
 	if r.RefreshExpiry != 0 {
 		g.RefreshExpiry = time.UnixMilli(r.RefreshExpiry)
 	}
-	return g, nil
+	return g, m, nil
 }

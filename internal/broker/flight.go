@@ -62,7 +62,7 @@ func (o fetchOptions) accepts(ct *cachedToken, now time.Time) bool {
 // join returns the running flight for key with options o, starting one if
 // there is none. ctx lends the flight its values (logging, tracing), never
 // its deadline or cancellation.
-func (b *Broker) join(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions) *flight {
+func (b *Broker) join(ctx context.Context, c *conn, account, key string, scopes []string, o fetchOptions) *flight {
 	fk := o.flightKey(key)
 	b.flights.mu.Lock()
 	defer b.flights.mu.Unlock()
@@ -77,7 +77,7 @@ func (b *Broker) join(ctx context.Context, c *conn, key string, scopes []string,
 	go func() {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
 		defer cancel()
-		f.tok, f.fetched, f.err = b.fetch(fctx, c, key, scopes, o)
+		f.tok, f.fetched, f.err = b.fetch(fctx, c, account, key, scopes, o)
 		if o.force && f.fetched {
 			b.announce(fctx, key)
 		}
@@ -97,17 +97,17 @@ const (
 
 // fetch obtains a token for key from the upstream under the key's lease,
 // or takes the result of the replica that holds the lease. Taking the lease
-// reads the key (and the connection's grant) in the same round trip; the
-// token and any new grant are written, fenced, with the lease's release.
-func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions) (*Token, bool, error) {
+// reads the key (and the account's grant) in the same round trip; the
+// token and the grant are written, fenced, with the lease's release.
+func (b *Broker) fetch(ctx context.Context, c *conn, account, key string, scopes []string, o fetchOptions) (*Token, bool, error) {
 	keys := []string{key}
 	if c.keepsGrant {
-		keys = append(keys, grantKey(c.Name))
+		keys = append(keys, grantKey(c.Name, account))
 	}
 	var lease cache.Lease
 	var values [][]byte
-	err := b.waitForLease(ctx, c, lockName(c, key), keys, func(vals [][]byte) bool {
-		ct, rej := b.decodeShared(ctx, c, key, vals[0])
+	err := b.waitForLease(ctx, c, lockName(c, account, key), keys, func(vals [][]byte) bool {
+		ct, rej := b.decodeShared(ctx, c, account, key, vals[0])
 		if o.force && o.replaceBefore.IsZero() {
 			// The token to replace is the one cached when the flight began.
 			o.replaceBefore = b.currentExpiry(key, ct)
@@ -119,33 +119,35 @@ func (b *Broker) fetch(ctx context.Context, c *conn, key string, scopes []string
 	switch {
 	case err == nil && lease == nil:
 		// Found what another flight stored.
-		ct, rej := b.decodeShared(ctx, c, key, values[0])
+		ct, rej := b.decodeShared(ctx, c, account, key, values[0])
 		if rej != nil {
 			return nil, false, rej
 		}
-		b.remember(c, key, scopes, ct)
+		b.remember(c, account, key, scopes, ct)
 		return &ct.Token, false, nil
 	case err == nil:
-		var g *providers.Grant
-		dirty := false
-		if c.keepsGrant {
-			if g, err = b.decodeGrant(c, values[1]); err != nil {
+		h := held{c: c, account: account, key: key, scopes: scopes, o: o, lease: lease}
+		if c.keepsGrant && values[1] != nil {
+			if h.g, h.meta, err = b.decodeGrant(c, values[1]); err != nil {
 				_ = lease.Release(ctx)
 				return nil, false, err
 			}
-			g, dirty = c.takePending(g)
+			h.stored = true
 		}
-		return b.fetchHeld(ctx, c, key, scopes, o, lease, g, dirty)
+		if c.keepsGrant {
+			h.g, h.dirty = c.takePending(account, h.g)
+		}
+		return b.fetchHeld(ctx, h)
 	case errors.Is(err, errWaitedTooLong), ctx.Err() != nil:
 		return nil, false, err
 	default:
 		// The shared cache is down: fetch without the cross-replica lease;
 		// this process's single flight still holds.
 		b.cacheTrouble(ctx, "lock", "lease unavailable; fetching without it", err)
-		if c.authorizer != nil {
+		if c.authorizer != nil || account != "" {
 			return nil, false, fmt.Errorf("%w: read grant: %w", ErrStore, err)
 		}
-		return b.fetchHeld(ctx, c, key, scopes, o, nil, nil, false)
+		return b.fetchHeld(ctx, held{c: c, account: account, key: key, scopes: scopes, o: o})
 	}
 }
 
@@ -213,87 +215,125 @@ func (b *Broker) currentExpiry(key string, ct *cachedToken) time.Time {
 	return t
 }
 
-// lockName is the lease that guards key: the whole connection for providers
+// lockName is the lease that guards key: the whole account for providers
 // that keep a grant (one refresh token, one holder), else the token key.
 // The braces are the Redis Cluster hash tag shared with the keys written.
-func lockName(c *conn, key string) string {
+func lockName(c *conn, account, key string) string {
 	if c.keepsGrant {
-		return "{" + c.Name + "}"
+		return "{" + tag(c.Name, account) + "}"
 	}
 	return key
 }
 
-// fetchHeld runs the upstream request holding lease (nil when the store is
-// down), starting from grant g, and commits what it obtained: the token,
-// any new grant state, or the rejection to remember. dirty: g is a grant
-// the store has not got yet (see conn.keepPending), written in any case.
-func (b *Broker) fetchHeld(ctx context.Context, c *conn, key string, scopes []string, o fetchOptions,
-	lease cache.Lease, g *providers.Grant, dirty bool) (*Token, bool, error) {
-	if c.keepsGrant && lease == nil {
+// held is a fetch under way: what it is for and what the lease read.
+type held struct {
+	c       *conn
+	account string
+	key     string
+	scopes  []string
+	o       fetchOptions
+	lease   cache.Lease // nil: the store is down
+	g       *providers.Grant
+	meta    grantMeta
+	// stored: g was read from the store; dirty: g is a grant the store
+	// has not got yet (see conn.keepPending), written in any case.
+	stored, dirty bool
+}
+
+// fetchHeld runs the upstream request holding h.lease, starting from
+// grant h.g, and commits what it obtained: the token and the grant's new
+// state, or the rejection to remember.
+func (b *Broker) fetchHeld(ctx context.Context, h held) (*Token, bool, error) {
+	c := h.c
+	if c.keepsGrant && h.lease == nil {
 		c.grantMu.Lock()
 		defer c.grantMu.Unlock()
 	}
 	stopRenewing := func() {}
-	if lease != nil {
-		stopRenewing = b.keepRenewed(ctx, c, lease)
+	if h.lease != nil {
+		stopRenewing = b.keepRenewed(ctx, c, h.lease)
 		defer stopRenewing()
 	}
 	start := b.now()
-	c.m.Refreshed(o.ahead)
-	pt, ng, err := b.obtain(ctx, c, scopes, g)
+	c.m.Refreshed(h.o.ahead)
+	pt, ng, err := b.obtain(ctx, c, h.account, h.scopes, h.g)
 	stopRenewing()
-	if ng == nil && dirty {
-		ng = g
-	}
-	var writes []cache.Write
-	if ng != nil {
-		raw, eerr := encodeGrant(ng)
-		if eerr != nil {
-			err = errors.Join(err, fmt.Errorf("%w: %w", ErrStore, eerr))
-		} else {
-			writes = append(writes, cache.Write{Key: grantKey(c.Name), Value: raw})
-		}
+	if ng == nil && (h.dirty || h.g != nil && c.keepsGrant) {
+		ng = h.g // its metadata changes, or the store lacks it
 	}
 	if err == nil && !pt.Expiry.After(b.now()) {
 		err = fmt.Errorf("%w: token expired on arrival (expiry %s)", providers.ErrInvalidResponse, pt.Expiry.UTC().Format(time.RFC3339))
 	}
+	var writes []cache.Write
 	if err != nil {
 		if rej := b.rejection(c, err); rej != nil {
-			writes = append(writes, cache.Write{Key: key, Value: rej, TTL: b.rejectionTTL})
+			writes = append(writes, cache.Write{Key: h.key, Value: rej, TTL: b.rejectionTTL})
 		}
-		if werr := b.commit(ctx, c, lease, writes); werr != nil && ng != nil {
-			c.keepPending(g, ng)
+		fault := c.recordFault(err)
+		if ng != nil && (fault || h.dirty || ng != h.g) {
+			m := h.meta
+			if fault {
+				m.lastError = err.Error()
+			}
+			writes = append(writes, b.grantWrite(c, h.account, ng, m)...)
 		}
-		if c.recordFault(err) {
-			b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "scopes", scopes, "err", err)
+		if werr := b.commit(ctx, c, h.lease, writes); werr != nil && ng != nil && (h.dirty || ng != h.g) {
+			c.keepPending(h.account, h.g, ng)
+		}
+		if fault {
+			b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "account", h.account, "scopes", h.scopes, "err", err)
 		} else {
-			b.log.InfoContext(ctx, "token request rejected", "connection", c.Name, "scopes", scopes, "err", err)
+			b.log.InfoContext(ctx, "token request rejected", "connection", c.Name, "account", h.account, "scopes", h.scopes, "err", err)
 		}
 		return nil, false, err
 	}
 	now := b.now()
 	t := &Token{AccessToken: pt.AccessToken, TokenType: pt.TokenType, Expiry: pt.Expiry, Scopes: pt.Scopes}
 	if t.Scopes == nil {
-		t.Scopes = scopes
+		t.Scopes = h.scopes
 	}
 	skew := min(c.Skew, pt.Expiry.Sub(start)/2)
-	ct := &cachedToken{Token: *t, freshUntil: pt.Expiry.Add(-skew), subject: c.subject}
+	subject := c.subjectOf(h.account)
+	ct := &cachedToken{Token: *t, freshUntil: pt.Expiry.Add(-skew), subject: subject}
 	if ttl := ct.freshUntil.Sub(now); ttl > 0 {
-		writes = append(writes, cache.Write{Key: key, Value: encodeToken(t, ct.freshUntil, c.subject), TTL: ttl})
+		writes = append(writes, cache.Write{Key: h.key, Value: encodeToken(t, ct.freshUntil, subject), TTL: ttl})
 	}
-	if err := b.commit(ctx, c, lease, writes); err != nil && ng != nil {
+	if ng != nil {
+		m := h.meta
+		m.addKey(h.key)
+		m.tokenExpiry, m.lastError = t.Expiry, ""
+		writes = append(writes, b.grantWrite(c, h.account, ng, m)...)
+	}
+	if err := b.commit(ctx, c, h.lease, writes); err != nil && ng != nil && (h.dirty || ng != h.g) {
 		// The refresh token is spent: the new grant is kept in memory and
 		// written under the lease by this replica's next fetch. Should the
-		// process end first, the connection reports REVOKED at its next
+		// process end first, the account reports REVOKED at its next
 		// refresh and a person authorizes again.
-		c.keepPending(g, ng)
-		b.log.ErrorContext(ctx, "new grant not stored; kept in memory until the store takes it", "connection", c.Name, "err", err)
+		c.keepPending(h.account, h.g, ng)
+		b.log.ErrorContext(ctx, "new grant not stored; kept in memory until the store takes it", "connection", c.Name, "account", h.account, "err", err)
 	}
-	b.remember(c, key, scopes, ct)
+	if ng != nil && !h.stored {
+		b.indexAccount(ctx, c, h.account)
+	}
+	if ng != nil && ng != h.g && (!c.grantDeath(ng).IsZero() || h.g != nil && !c.grantDeath(h.g).IsZero()) {
+		b.schedule(ctx, c, h.account, ng)
+	}
+	b.remember(c, h.account, h.key, h.scopes, ct)
 	c.served(t.Expiry, pt.Expiry.Sub(start))
-	b.log.InfoContext(ctx, "token fetched", "connection", c.Name, "scopes", scopes,
+	b.log.InfoContext(ctx, "token fetched", "connection", c.Name, "account", h.account, "scopes", h.scopes,
 		"expires_at", t.Expiry.UTC(), "took", now.Sub(start))
 	return t, true, nil
+}
+
+// grantWrite is the write that stores g with m for (c, account), or none
+// when g cannot be encoded (logged: it never happens with valid grants).
+func (b *Broker) grantWrite(c *conn, account string, g *providers.Grant, m grantMeta) []cache.Write {
+	raw, err := encodeGrant(g, m)
+	if err != nil {
+		b.log.Error("grant not encodable", "connection", c.Name, "err", err)
+		return nil
+	}
+	return []cache.Write{{Key: grantKey(c.Name, account), Value: raw}}
 }
 
 // commit writes writes: fenced, releasing lease, when there is one; else

@@ -27,11 +27,14 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	if req.MinTTL < 0 {
 		return nil, fmt.Errorf("%w: min_ttl must not be negative", ErrInvalidArgument)
 	}
+	if err := c.checkAccount(req.Account); err != nil {
+		return nil, err
+	}
 	scopes, err := c.scopes(req.Scopes)
 	if err != nil {
 		return nil, err
 	}
-	key := tokenKey(c.Name, scopes)
+	key := tokenKey(c.Name, req.Account, scopes)
 	o := fetchOptions{force: req.ForceRefresh}
 	if !req.ForceRefresh {
 		now := b.now()
@@ -39,7 +42,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 			c.m.Served(metrics.OutcomeL1Hit)
 			return t, nil
 		}
-		ct, rej, err := b.readShared(ctx, c, key)
+		ct, rej, err := b.readShared(ctx, c, req.Account, key)
 		switch {
 		case rej != nil:
 			if requestLevel(rej) {
@@ -47,7 +50,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 			}
 			return nil, rej
 		case ct.usable(now, req.MinTTL):
-			b.remember(c, key, scopes, ct)
+			b.remember(c, req.Account, key, scopes, ct)
 			c.m.Served(metrics.OutcomeSharedHit)
 			return &ct.Token, nil
 		case err != nil:
@@ -66,7 +69,7 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 		return nil, b.minTTLTooLong(c, req.MinTTL, life)
 	}
 	for attempt := 0; ; attempt++ {
-		f := b.join(ctx, c, key, scopes, o)
+		f := b.join(ctx, c, req.Account, key, scopes, o)
 		f.waiters.Add(1)
 		select {
 		case <-f.done:
@@ -105,7 +108,7 @@ func (b *Broker) minTTLTooLong(c *conn, minTTL, life time.Duration) error {
 // none), or the upstream rejection remembered under its key. err is set
 // when the cache could not be read. A token issued for another subject
 // than c's (its key changed) counts as none.
-func (b *Broker) readShared(ctx context.Context, c *conn, key string) (ct *cachedToken, rej error, err error) {
+func (b *Broker) readShared(ctx context.Context, c *conn, account, key string) (ct *cachedToken, rej error, err error) {
 	raw, err := b.store.Get(ctx, key)
 	if err != nil {
 		if errors.Is(err, cache.ErrNotFound) {
@@ -114,12 +117,12 @@ func (b *Broker) readShared(ctx context.Context, c *conn, key string) (ct *cache
 		b.cacheTrouble(ctx, "get", "cache read failed", err)
 		return nil, nil, err
 	}
-	ct, rej = b.decodeShared(ctx, c, key, raw)
+	ct, rej = b.decodeShared(ctx, c, account, key, raw)
 	return ct, rej, nil
 }
 
 // decodeShared decodes what the shared cache holds under a token key.
-func (b *Broker) decodeShared(ctx context.Context, c *conn, key string, raw []byte) (*cachedToken, error) {
+func (b *Broker) decodeShared(ctx context.Context, c *conn, account, key string, raw []byte) (*cachedToken, error) {
 	if raw == nil {
 		return nil, nil
 	}
@@ -130,9 +133,9 @@ func (b *Broker) decodeShared(ctx context.Context, c *conn, key string, raw []by
 		return nil, nil
 	case rej != nil:
 		return nil, rej
-	case ct.subject != c.subject:
+	case ct.subject != c.subjectOf(account):
 		b.log.InfoContext(ctx, "cached token was issued for another account (the connection's key changed); fetching a new one",
-			"connection", c.Name, "cached_for", ct.subject, "configured", c.subject)
+			"connection", c.Name, "cached_for", ct.subject, "configured", c.subjectOf(account))
 		return nil, nil
 	}
 	return ct, nil
@@ -142,16 +145,19 @@ func (b *Broker) decodeShared(ctx context.Context, c *conn, key string, raw []by
 // announcement, in every replica's L1. With a non-empty accessToken it
 // drops it only if it is still that token, so N callers reporting one dead
 // token cause one refresh. It reports whether a token was dropped.
-func (b *Broker) Invalidate(ctx context.Context, connection string, scopes []string, accessToken string) (bool, error) {
+func (b *Broker) Invalidate(ctx context.Context, connection, account string, scopes []string, accessToken string) (bool, error) {
 	c, err := b.connection(connection)
 	if err != nil {
+		return false, err
+	}
+	if err := c.checkAccount(account); err != nil {
 		return false, err
 	}
 	scopes, err = c.scopes(scopes)
 	if err != nil {
 		return false, err
 	}
-	key := tokenKey(c.Name, scopes)
+	key := tokenKey(c.Name, account, scopes)
 	matches := func(t *Token) bool {
 		return accessToken == "" || subtle.ConstantTimeCompare([]byte(t.AccessToken.Reveal()), []byte(accessToken)) == 1
 	}

@@ -19,13 +19,13 @@ import (
 // stored), refreshing it when the provider can, and returns the grant state
 // to store with the token (nil: leave the stored grant as it is). On a
 // revoked grant it returns the revoked grant to store and an error.
-func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, g *providers.Grant) (*providers.Token, *providers.Grant, error) {
+func (b *Broker) obtain(ctx context.Context, c *conn, account string, scopes []string, g *providers.Grant) (*providers.Token, *providers.Grant, error) {
 	preq := providers.Request{Scopes: scopes}
 	if !c.keepsGrant {
 		t, err := b.callToken(ctx, c, preq)
 		return t, nil, err
 	}
-	if g != nil && g.Subject != c.subject {
+	if g != nil && g.Subject != c.subjectOf(account) {
 		// Refreshing it would keep acting as the old account.
 		b.log.InfoContext(ctx, "stored grant was made for another account (the connection's key changed); running the full grant",
 			"connection", c.Name, "grant_for", g.Subject, "configured", c.subject)
@@ -38,22 +38,32 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, g *provid
 			return err
 		})
 		if err == nil {
-			return t, b.merge(c, g, t), nil
+			return t, b.merge(c, account, g, t), nil
 		}
 		if providers.OAuthCode(err) != providers.CodeInvalidGrant {
 			return nil, nil, err
 		}
-		if c.authorizer != nil {
+		if c.authorizer != nil || account != "" || !c.canRunFullGrant {
 			revoked := *g
 			revoked.State = providers.GrantRevoked
 			revoked.UpdatedAt = b.now()
-			b.log.WarnContext(ctx, "grant revoked by upstream; a person must authorize again", "connection", c.Name)
+			c.m.GrantLost()
+			if c.authorizer == nil {
+				// Imported: it comes back by import, not by a person.
+				revoked.State = providers.GrantNeedsAuthorization
+				b.log.WarnContext(ctx, "imported grant refused by upstream; import a new one", "connection", c.Name, "account", account)
+				return nil, &revoked, fmt.Errorf("%w: the upstream refused the imported refresh token; import a new grant: %w",
+					providers.ErrNeedsAuthorization, err)
+			}
+			b.log.WarnContext(ctx, "grant revoked by upstream; a person must authorize again", "connection", c.Name, "account", account)
 			return nil, &revoked, fmt.Errorf("%w: %w", providers.ErrRevoked, err)
 		}
 		b.log.InfoContext(ctx, "refresh token rejected; running the full grant", "connection", c.Name)
 		g = nil
 	}
-	if c.authorizer != nil {
+	if c.authorizer != nil || account != "" || !c.canRunFullGrant {
+		// Only the default account of a connection that signs its own
+		// grant (WX with a key) gets tokens without a person or an import.
 		switch {
 		case g == nil || g.State == providers.GrantNeedsAuthorization:
 			return nil, nil, providers.ErrNeedsAuthorization
@@ -69,7 +79,7 @@ func (b *Broker) obtain(ctx context.Context, c *conn, scopes []string, g *provid
 	if err != nil {
 		return nil, nil, err
 	}
-	return t, b.merge(c, g, t), nil
+	return t, b.merge(c, account, g, t), nil
 }
 
 // callToken runs the provider's full grant under the retry policy and the
@@ -86,7 +96,7 @@ func (b *Broker) callToken(ctx context.Context, c *conn, req providers.Request) 
 // merge returns t.Grant merged over old, ready to store, or nil when t
 // brings no grant: a refresh response without a refresh token keeps the old
 // one, and a device secret stays with its grant.
-func (b *Broker) merge(c *conn, old *providers.Grant, t *providers.Token) *providers.Grant {
+func (b *Broker) merge(c *conn, account string, old *providers.Grant, t *providers.Token) *providers.Grant {
 	if t.Grant == nil {
 		return nil
 	}
@@ -102,7 +112,7 @@ func (b *Broker) merge(c *conn, old *providers.Grant, t *providers.Token) *provi
 			g.Scopes = old.Scopes
 		}
 	}
-	g.Subject = c.subject
+	g.Subject = c.subjectOf(account)
 	g.State = providers.GrantReady
 	g.UpdatedAt = b.now()
 	return &g
@@ -114,25 +124,28 @@ type pendingGrant struct {
 }
 
 // keepPending remembers ng, made from g, until it can be written.
-func (c *conn) keepPending(g, ng *providers.Grant) {
+func (c *conn) keepPending(account string, g, ng *providers.Grant) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pending != nil && g != nil && sameGrant(c.pending.grant, g) {
-		g = c.pending.from // still replacing what the store holds
+	if p := c.pending[account]; p != nil && g != nil && sameGrant(p.grant, g) {
+		g = p.from // still replacing what the store holds
 	}
-	c.pending = &pendingGrant{from: g, grant: ng}
+	if c.pending == nil {
+		c.pending = map[string]*pendingGrant{}
+	}
+	c.pending[account] = &pendingGrant{from: g, grant: ng}
 }
 
 // takePending returns the grant to use instead of stored, when one is
 // pending over it, and forgets a pending grant that stored has moved past.
-func (c *conn) takePending(stored *providers.Grant) (*providers.Grant, bool) {
+func (c *conn) takePending(account string, stored *providers.Grant) (*providers.Grant, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.pending
+	p := c.pending[account]
 	if p == nil {
 		return stored, false
 	}
-	c.pending = nil
+	delete(c.pending, account)
 	if (p.from == nil) != (stored == nil) || stored != nil && !sameGrant(p.from, stored) {
 		return stored, false // re-authorized or refreshed elsewhere since
 	}
@@ -143,33 +156,34 @@ func sameGrant(a, b *providers.Grant) bool {
 	return a.RefreshToken.Reveal() == b.RefreshToken.Reveal() && a.DeviceSecret.Reveal() == b.DeviceSecret.Reveal()
 }
 
-// loadGrant returns c's stored grant, or nil when there is none (or it was
-// made for another subject). It takes no lease: for reporting only.
-func (b *Broker) loadGrant(ctx context.Context, c *conn) (*providers.Grant, error) {
-	raw, err := b.store.Get(ctx, grantKey(c.Name))
+// loadGrant returns the stored grant of (c, account), or nil when there is
+// none (or it was made for another subject). It takes no lease: for
+// reporting only.
+func (b *Broker) loadGrant(ctx context.Context, c *conn, account string) (*providers.Grant, grantMeta, error) {
+	raw, err := b.store.Get(ctx, grantKey(c.Name, account))
 	if errors.Is(err, cache.ErrNotFound) {
-		return nil, nil
+		return nil, grantMeta{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: read grant: %w", ErrStore, err)
+		return nil, grantMeta{}, fmt.Errorf("%w: read grant: %w", ErrStore, err)
 	}
-	g, err := b.decodeGrant(c, raw)
-	if g != nil && g.Subject != c.subject {
-		return nil, err // another account's: the next fetch replaces it
+	g, m, err := b.decodeGrant(c, raw)
+	if g != nil && g.Subject != c.subjectOf(account) {
+		return nil, grantMeta{}, err // another key's: the next fetch replaces it
 	}
-	return g, err
+	return g, m, err
 }
 
 // decodeGrant decodes a stored grant; raw nil is none.
-func (b *Broker) decodeGrant(c *conn, raw []byte) (*providers.Grant, error) {
+func (b *Broker) decodeGrant(c *conn, raw []byte) (*providers.Grant, grantMeta, error) {
 	if raw == nil {
-		return nil, nil
+		return nil, grantMeta{}, nil
 	}
-	g, err := decodeGrant(raw)
+	g, m, err := decodeGrant(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: grant of %q unreadable: %w", ErrStore, c.Name, err)
+		return nil, grantMeta{}, fmt.Errorf("%w: grant of %q unreadable: %w", ErrStore, c.Name, err)
 	}
-	return g, nil
+	return g, m, nil
 }
 
 // requestLevel reports whether err is the request's own fault, not the

@@ -40,19 +40,50 @@ func normalizeScopes(scopes []string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// tokenKey is the cache key of a (connection, normalized scopes) pair:
-// "token:{conn}:scope1 scope2". Connection names cannot contain ':', '{' or
-// '}', and scopes cannot contain ' '. The braces are a Redis Cluster hash
-// tag: every key of a connection lives in one slot with its lease.
-func tokenKey(conn string, scopes []string) string {
-	n := len("token:{") + len(conn) + 2
+// MaxAccountLength bounds an account id.
+const MaxAccountLength = 128
+
+// checkAccount checks an account id: [A-Za-z0-9._@:-], at most 128
+// characters; "" is the connection's default account.
+func checkAccount(a string) error {
+	if len(a) > MaxAccountLength {
+		return fmt.Errorf("%w: account: at most %d characters", ErrInvalidArgument, MaxAccountLength)
+	}
+	for i := 0; i < len(a); i++ {
+		switch c := a[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '@', c == ':', c == '-':
+		default:
+			return fmt.Errorf("%w: account: invalid character at byte %d (allowed: A-Z a-z 0-9 . _ @ : -)", ErrInvalidArgument, i)
+		}
+	}
+	return nil
+}
+
+// tag is the Redis Cluster hash tag of (connection, account): the
+// connection alone for the default account (the keys of before accounts
+// existed), else "conn/account" ('/' is in neither). Every key of one
+// account lives in one slot with its lease; accounts spread over slots.
+func tag(conn, account string) string {
+	if account == "" {
+		return conn
+	}
+	return conn + "/" + account
+}
+
+// tokenKey is the cache key of a (connection, account, normalized scopes)
+// triple: "token:{tag}:scope1 scope2". Connection names cannot contain ':',
+// '{', '}' or '/', accounts neither '{', '}' nor '/', and scopes cannot
+// contain ' '.
+func tokenKey(conn, account string, scopes []string) string {
+	t := tag(conn, account)
+	n := len("token:{") + len(t) + 2
 	for _, s := range scopes {
 		n += len(s) + 1
 	}
 	var b strings.Builder
 	b.Grow(n)
 	b.WriteString("token:{")
-	b.WriteString(conn)
+	b.WriteString(t)
 	b.WriteString("}:")
 	for i, s := range scopes {
 		if i > 0 {
@@ -63,4 +94,9 @@ func tokenKey(conn string, scopes []string) string {
 	return b.String()
 }
 
-func grantKey(conn string) string { return "grant:{" + conn + "}" }
+func grantKey(conn, account string) string { return "grant:{" + tag(conn, account) + "}" }
+
+// accountsKey is the index of a connection's accounts; keepAliveKey the
+// schedule of their refreshes, scored by the Unix ms they are due.
+func accountsKey(conn string) string  { return "accounts:{" + conn + "}" }
+func keepAliveKey(conn string) string { return "keepalive:{" + conn + "}" }

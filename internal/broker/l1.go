@@ -27,6 +27,7 @@ type l1Entry struct {
 	freshUntil time.Time
 	checked    time.Time
 	c          *conn
+	account    string
 	scopes     []string
 	// lastUsed is the Unix nanosecond time of the last hit, for refresh-ahead.
 	lastUsed atomic.Int64
@@ -75,10 +76,10 @@ func (l *l1) drop(key string, e *l1Entry) {
 	}
 }
 
-// dropConnection removes every entry of the named connection.
-func (l *l1) dropConnection(name string) {
+// dropTag removes every entry of the (connection, account) tag t.
+func (l *l1) dropTag(t string) {
 	l.m.Range(func(k, v any) bool {
-		if e := v.(*l1Entry); e.c.Name == name {
+		if e := v.(*l1Entry); tag(e.c.Name, e.account) == t {
 			l.drop(k.(string), e)
 		}
 		return true

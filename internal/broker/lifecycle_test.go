@@ -267,8 +267,8 @@ func TestSharedFetchOutlivesItsFirstCaller(t *testing.T) {
 func TestRotationSurvivesAnImpatientCaller(t *testing.T) {
 	f := newFixture(t, nil, func(u *fakeUpstream) providers.Provider { return rotating{u} }, Options{})
 	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")})
-	if err := f.store.Set(t.Context(), grantKey("c"), raw, 0); err != nil {
+	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
+	if err := f.store.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	release := f.hold()
@@ -300,7 +300,7 @@ func TestMinTTLIsEachCallers(t *testing.T) {
 	long := f.getAsync(context.Background(), Request{Connection: "c", MinTTL: 2 * time.Hour})
 	f.awaitCall(t)
 	short := f.getAsync(context.Background(), Request{Connection: "c"})
-	f.awaitWaiters(t, tokenKey("c", nil), 2)
+	f.awaitWaiters(t, tokenKey("c", "", nil), 2)
 	release()
 	if r := <-short; r.err != nil {
 		t.Errorf("GetToken(min_ttl 0) = %v; want a token", r.err)
@@ -388,8 +388,8 @@ func TestConnectionFaultMarksTheConnection(t *testing.T) {
 func TestCompletionWaitsForTheLease(t *testing.T) {
 	f := newFixture(t, nil, func(u *fakeUpstream) providers.Provider { return rotating{u} }, Options{})
 	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")})
-	if err := f.store.Set(t.Context(), grantKey("c"), raw, 0); err != nil {
+	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
+	if err := f.store.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	release := f.hold()
@@ -397,7 +397,7 @@ func TestCompletionWaitsForTheLease(t *testing.T) {
 	f.awaitCall(t)
 	done := make(chan error, 1)
 	go func() {
-		done <- f.b.redeem(context.Background(), f.b.conns["c"], AuthorizationResponse{Code: "new"}, "")
+		done <- f.b.redeem(context.Background(), f.b.conns["c"], "", AuthorizationResponse{Code: "new"}, "")
 	}()
 	select {
 	case err := <-done:
@@ -411,11 +411,11 @@ func TestCompletionWaitsForTheLease(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("completion = %v", err)
 	}
-	raw, err := f.store.Get(t.Context(), grantKey("c"))
+	raw, err := f.store.Get(t.Context(), grantKey("c", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, _ := decodeGrant(raw)
+	g, _, _ := decodeGrant(raw)
 	if got := g.RefreshToken.Reveal(); got != "rt-code-new" {
 		t.Errorf("stored refresh token = %s; want the completion's", got)
 	}
@@ -467,8 +467,8 @@ func TestColdMissRoundTrips(t *testing.T) {
 			t.Cleanup(func() { _ = rc.Close() })
 			f := newFixture(t, rc, tc.wrap, Options{})
 			f.up.current = "rt-0"
-			raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")})
-			if err := rc.Set(t.Context(), grantKey("c"), raw, 0); err != nil {
+			raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
+			if err := rc.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
 				t.Fatal(err)
 			}
 			// Load the scripts first: the first run of each sends it whole.
@@ -528,8 +528,8 @@ func TestGrantKeptWhenTheStoreRefusesItsWrite(t *testing.T) {
 	f.up.now = clk.Now
 	f.b.now = clk.Now
 	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")})
-	if err := mc.Set(t.Context(), grantKey("c"), raw, 0); err != nil {
+	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
+	if err := mc.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	store.fail.Store(true)
@@ -544,8 +544,8 @@ func TestGrantKeptWhenTheStoreRefusesItsWrite(t *testing.T) {
 	if _, _, invalid := f.up.counts(); invalid != 0 {
 		t.Errorf("the upstream saw %d spent refresh tokens; want 0", invalid)
 	}
-	raw, _ = mc.Get(t.Context(), grantKey("c"))
-	if g, _ := decodeGrant(raw); g.RefreshToken.Reveal() != f.up.current {
+	raw, _ = mc.Get(t.Context(), grantKey("c", ""))
+	if g, _, _ := decodeGrant(raw); g.RefreshToken.Reveal() != f.up.current {
 		t.Errorf("stored refresh token is not the upstream's current one")
 	}
 }

@@ -214,7 +214,7 @@ func TestStressSharedWork(t *testing.T) {
 // authorizeVia authorizes conn through b against the emulator.
 func authorizeVia(t *testing.T, b *broker.Broker, conn string) {
 	t.Helper()
-	authURL, state, _, err := b.StartAuthorization(context.Background(), conn)
+	authURL, state, _, err := b.StartAuthorization(context.Background(), conn, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func authorizeVia(t *testing.T, b *broker.Broker, conn string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.CompleteAuthorization(context.Background(), conn, loc.Query().Get("code"), state); err != nil {
+	if err := b.CompleteAuthorization(context.Background(), conn, "", loc.Query().Get("code"), state); err != nil {
 		t.Fatalf("CompleteAuthorization(%s) = %v", conn, err)
 	}
 }

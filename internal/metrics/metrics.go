@@ -51,6 +51,8 @@ type Metrics struct {
 	lockWaits       *prometheus.CounterVec
 	lockTakeovers   *prometheus.CounterVec
 	rejections      *prometheus.CounterVec
+	grantsLost      *prometheus.CounterVec
+	grantExpiry     *prometheus.HistogramVec
 	cacheErrors     *prometheus.CounterVec
 	breaker         *prometheus.GaugeVec
 
@@ -84,6 +86,13 @@ func New() *Metrics {
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "request_rejections_total",
 			Help: "GetToken calls refused for the request's own sake, by connection and reason (the upstream's OAuth error, such as invalid_scope, or min_ttl): the caller's error, which leaves the connection's state alone."},
 			[]string{"connection", "reason"}),
+		grantsLost: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "grants_lost_total",
+			Help: "Grants the upstream refused on refresh (revoked, expired or spent): an account needs a person or a new import."},
+			[]string{"connection"}),
+		grantExpiry: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "grant_seconds_until_expiry",
+			Help:    "Seconds a grant had left before its refresh token dies when it was last written (refresh_token_expires_in or grant_idle_lifetime).",
+			Buckets: []float64{60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400}},
+			[]string{"connection"}),
 		cacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "cache_errors_total",
 			Help: "Shared cache operations that failed, by operation."}, []string{"op"}),
 		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "upstream_breaker_open",
@@ -95,7 +104,7 @@ func New() *Metrics {
 		m.cacheErrors.WithLabelValues(op)
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.GRPC, m.getToken, m.upstream, m.upstreamLatency, m.refreshes, m.lockWaits, m.lockTakeovers, m.rejections, m.cacheErrors, m.breaker)
+		m.GRPC, m.getToken, m.upstream, m.upstreamLatency, m.refreshes, m.lockWaits, m.lockTakeovers, m.rejections, m.grantsLost, m.grantExpiry, m.cacheErrors, m.breaker)
 	return m
 }
 
@@ -145,6 +154,7 @@ func (m *Metrics) Connection(name string) *Conn {
 		// The usual reasons exist from the start, so rate() sees a zero.
 		m.rejections.WithLabelValues(name, "invalid_scope")
 		m.rejections.WithLabelValues(name, "min_ttl")
+		m.grantsLost.WithLabelValues(name)
 		m.conns[name] = c
 	}
 	return c
@@ -189,6 +199,14 @@ func (c *Conn) Refreshed(ahead bool) {
 // Rejected counts a request refused for its own sake (reason: an OAuth
 // error code, or "min_ttl"). Off the hit path: the label lookup is fine.
 func (c *Conn) Rejected(reason string) { c.m.rejections.WithLabelValues(c.name, reason).Inc() }
+
+// GrantLost counts a grant the upstream refused on refresh.
+func (c *Conn) GrantLost() { c.m.grantsLost.WithLabelValues(c.name).Inc() }
+
+// GrantExpiry observes how long a grant just written has left.
+func (c *Conn) GrantExpiry(left time.Duration) {
+	c.m.grantExpiry.WithLabelValues(c.name).Observe(left.Seconds())
+}
 
 // LockWaited counts a fetch that found the lease held by another replica.
 func (c *Conn) LockWaited() { c.lockWait.Inc() }

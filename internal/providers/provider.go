@@ -62,6 +62,20 @@ type Authorizer interface {
 	Exchange(ctx context.Context, code, verifier string) (*Token, error)
 }
 
+// A Revoker is a Provider that can revoke a grant's refresh token at the
+// upstream (RFC 7009), for DeleteAccount. Errors are as Token's.
+type Revoker interface {
+	Revoke(ctx context.Context, g *Grant) error
+}
+
+// A GrantImporter is a Refresher that gets tokens only from grants
+// imported into the broker (ImportGrant), such as a WX connection without a
+// key: its Token never succeeds, and a refused refresh means the grant must
+// be imported again (NEEDS_AUTHORIZATION), not that a person re-authorizes.
+type GrantImporter interface {
+	ImportsGrants() bool
+}
+
 // A DefaultScoper sends a fixed set of scopes when a request names none.
 // The broker applies them before it builds the cache key, so a request with
 // no scopes and one naming exactly the defaults share one token.

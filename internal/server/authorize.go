@@ -14,7 +14,7 @@ func (s *Service) StartAuthorization(ctx context.Context, req *tokenbrokerv1.Sta
 	if err := checkConnection(req.GetConnection()); err != nil {
 		return nil, s.toStatus(ctx, "StartAuthorization", req.GetConnection(), err)
 	}
-	u, state, exp, err := s.b.StartAuthorization(ctx, req.GetConnection())
+	u, state, exp, err := s.b.StartAuthorization(ctx, req.GetConnection(), req.GetAccount())
 	if err != nil {
 		return nil, s.toStatus(ctx, "StartAuthorization", req.GetConnection(), err)
 	}
@@ -40,7 +40,7 @@ func (s *Service) CompleteAuthorization(ctx context.Context, req *tokenbrokerv1.
 	case req.GetState() == "":
 		return nil, s.toStatus(ctx, "CompleteAuthorization", name, invalid("state: required"))
 	}
-	if err := s.b.CompleteAuthorization(ctx, name, req.GetCode(), req.GetState()); err != nil {
+	if err := s.b.CompleteAuthorization(ctx, name, req.GetAccount(), req.GetCode(), req.GetState()); err != nil {
 		return nil, s.toStatus(ctx, "CompleteAuthorization", name, err)
 	}
 	resp := &tokenbrokerv1.CompleteAuthorizationResponse{}

@@ -87,7 +87,7 @@ func FuzzCallback(f *testing.F) {
 		if strings.Contains(rawQuery, "$STATE") {
 			// Let earlier states and outcomes expire, so the cache stays small.
 			clock.Advance(broker.AuthStateTTL + time.Minute)
-			_, state, _, err := b.StartAuthorization(context.Background(), "wax")
+			_, state, _, err := b.StartAuthorization(context.Background(), "wax", "")
 			if err != nil {
 				t.Fatalf("StartAuthorization() = %v", err)
 			}

@@ -82,6 +82,7 @@ func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenReque
 	}
 	t, err := s.b.GetToken(ctx, broker.Request{
 		Connection:   req.GetConnection(),
+		Account:      req.GetAccount(),
 		Scopes:       req.GetScopes(),
 		MinTTL:       minTTL,
 		ForceRefresh: req.GetForceRefresh(),
@@ -113,7 +114,7 @@ func (s *Service) InvalidateToken(ctx context.Context, req *tokenbrokerv1.Invali
 	if len(req.GetAccessToken()) > MaxTokenLength {
 		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), invalid("access_token: longer than %d bytes", MaxTokenLength))
 	}
-	done, err := s.b.Invalidate(ctx, req.GetConnection(), req.GetScopes(), req.GetAccessToken())
+	done, err := s.b.Invalidate(ctx, req.GetConnection(), req.GetAccount(), req.GetScopes(), req.GetAccessToken())
 	if err != nil {
 		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), err)
 	}

@@ -239,7 +239,7 @@ func run(t *testing.T, c cache.Cache) logtest.Secrets {
 
 	// wax: an authorization completed through the callback (the device
 	// secret is made then), then two refreshes with rotation.
-	authURL, state, _, err := b.StartAuthorization(ctx, "wax")
+	authURL, state, _, err := b.StartAuthorization(ctx, "wax", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -335,7 +335,7 @@ func TestBrokerErrors(t *testing.T) {
 			// (InvalidateToken forgets it): once the gateway behaves, the
 			// next call goes upstream and succeeds.
 			if errors.Is(err, providers.ErrRejected) {
-				if _, err := bf.b.Invalidate(context.Background(), connName, nil, ""); err != nil {
+				if _, err := bf.b.Invalidate(context.Background(), connName, "", nil, ""); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -55,7 +55,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	bf.emu.SetExpiryOffsets(0, 0)
 	bf.clk.Advance(time.Hour)
 	get()
-	if _, err := bf.b.Invalidate(ctx, connName, nil, ""); err != nil {
+	if _, err := bf.b.Invalidate(ctx, connName, "", nil, ""); err != nil {
 		t.Fatalf("Invalidate: %v", err)
 	}
 	_ = bf.b.Connections(ctx)

@@ -93,7 +93,11 @@ type GetTokenRequest struct {
 	// The token returned stays valid for at least this long.
 	MinTtl *durationpb.Duration `protobuf:"bytes,3,opt,name=min_ttl,json=minTtl,proto3" json:"min_ttl,omitempty"`
 	// Ignore any cached token and obtain a new one.
-	ForceRefresh  bool `protobuf:"varint,4,opt,name=force_refresh,json=forceRefresh,proto3" json:"force_refresh,omitempty"`
+	ForceRefresh bool `protobuf:"varint,4,opt,name=force_refresh,json=forceRefresh,proto3" json:"force_refresh,omitempty"`
+	// The end user the token acts for: an id the caller chooses
+	// ([A-Za-z0-9._@:-], at most 128 characters). Empty is the connection's
+	// default account.
+	Account       string `protobuf:"bytes,5,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +158,13 @@ func (x *GetTokenRequest) GetForceRefresh() bool {
 		return x.ForceRefresh
 	}
 	return false
+}
+
+func (x *GetTokenRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
 }
 
 type GetTokenResponse struct {
@@ -230,8 +241,11 @@ type InvalidateTokenRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Connection string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
 	Scopes     []string               `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
-	// The token the caller saw rejected. Empty drops the cached token unconditionally.
-	AccessToken   string `protobuf:"bytes,3,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// The token the caller saw rejected. Empty drops the cached token
+	// unconditionally (and forgets a remembered upstream rejection).
+	AccessToken string `protobuf:"bytes,3,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// The account, as in GetTokenRequest.
+	Account       string `protobuf:"bytes,4,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +297,13 @@ func (x *InvalidateTokenRequest) GetScopes() []string {
 func (x *InvalidateTokenRequest) GetAccessToken() string {
 	if x != nil {
 		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *InvalidateTokenRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
 	}
 	return ""
 }
@@ -510,8 +531,10 @@ func (x *Connection) GetLastError() string {
 }
 
 type StartAuthorizationRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Connection    string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// The account whose grant the authorization creates or replaces.
+	Account       string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -549,6 +572,13 @@ func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
 func (x *StartAuthorizationRequest) GetConnection() string {
 	if x != nil {
 		return x.Connection
+	}
+	return ""
+}
+
+func (x *StartAuthorizationRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
 	}
 	return ""
 }
@@ -616,10 +646,12 @@ func (x *StartAuthorizationResponse) GetExpiresAt() *timestamppb.Timestamp {
 }
 
 type CompleteAuthorizationRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Connection    string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
-	Code          string                 `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	Code       string                 `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	State      string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// The account the state was issued for.
+	Account       string `protobuf:"bytes,4,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,6 +707,13 @@ func (x *CompleteAuthorizationRequest) GetState() string {
 	return ""
 }
 
+func (x *CompleteAuthorizationRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
 type CompleteAuthorizationResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
@@ -719,31 +758,499 @@ func (x *CompleteAuthorizationResponse) GetConnection() *Connection {
 	return nil
 }
 
+type ListAccountsRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// At most this many accounts (0: 50; at most 500).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; empty for the first page.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only accounts in this state (UNSPECIFIED: all).
+	State         ConnectionState `protobuf:"varint,4,opt,name=state,proto3,enum=tokenbroker.v1.ConnectionState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccountsRequest) Reset() {
+	*x = ListAccountsRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccountsRequest) ProtoMessage() {}
+
+func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
+func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListAccountsRequest) GetConnection() string {
+	if x != nil {
+		return x.Connection
+	}
+	return ""
+}
+
+func (x *ListAccountsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAccountsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListAccountsRequest) GetState() ConnectionState {
+	if x != nil {
+		return x.State
+	}
+	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+type ListAccountsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Accounts []*Account             `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	// Empty after the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccountsResponse) Reset() {
+	*x = ListAccountsResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccountsResponse) ProtoMessage() {}
+
+func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
+func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListAccountsResponse) GetAccounts() []*Account {
+	if x != nil {
+		return x.Accounts
+	}
+	return nil
+}
+
+func (x *ListAccountsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type Account struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account id; empty is the connection's default account.
+	Account       string          `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	State         ConnectionState `protobuf:"varint,2,opt,name=state,proto3,enum=tokenbroker.v1.ConnectionState" json:"state,omitempty"`
+	GrantedScopes []string        `protobuf:"bytes,3,rep,name=granted_scopes,json=grantedScopes,proto3" json:"granted_scopes,omitempty"`
+	// Expiry of the last token obtained from the grant.
+	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
+	// When the refresh token stops working, when known.
+	GrantExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=grant_expires_at,json=grantExpiresAt,proto3" json:"grant_expires_at,omitempty"`
+	// When the grant was last written (refreshed, authorized or imported).
+	LastRefresh *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_refresh,json=lastRefresh,proto3" json:"last_refresh,omitempty"`
+	// Why the account is failing, without secrets.
+	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Account) Reset() {
+	*x = Account{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Account) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Account) ProtoMessage() {}
+
+func (x *Account) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Account.ProtoReflect.Descriptor instead.
+func (*Account) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Account) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *Account) GetState() ConnectionState {
+	if x != nil {
+		return x.State
+	}
+	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+func (x *Account) GetGrantedScopes() []string {
+	if x != nil {
+		return x.GrantedScopes
+	}
+	return nil
+}
+
+func (x *Account) GetTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpiresAt
+	}
+	return nil
+}
+
+func (x *Account) GetGrantExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantExpiresAt
+	}
+	return nil
+}
+
+func (x *Account) GetLastRefresh() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRefresh
+	}
+	return nil
+}
+
+func (x *Account) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type DeleteAccountRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	Account    string                 `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	// Revoke the refresh token at the upstream first (the connection needs a
+	// revocation endpoint); if that fails, nothing is deleted.
+	RevokeUpstream bool `protobuf:"varint,3,opt,name=revoke_upstream,json=revokeUpstream,proto3" json:"revoke_upstream,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeleteAccountRequest) Reset() {
+	*x = DeleteAccountRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountRequest) ProtoMessage() {}
+
+func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteAccountRequest) GetConnection() string {
+	if x != nil {
+		return x.Connection
+	}
+	return ""
+}
+
+func (x *DeleteAccountRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *DeleteAccountRequest) GetRevokeUpstream() bool {
+	if x != nil {
+		return x.RevokeUpstream
+	}
+	return false
+}
+
+type DeleteAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the account had a grant.
+	Deleted       bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAccountResponse) Reset() {
+	*x = DeleteAccountResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountResponse) ProtoMessage() {}
+
+func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteAccountResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type ImportGrantRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Connection   string                 `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	Account      string                 `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	RefreshToken string                 `protobuf:"bytes,3,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// Optional: an access token to serve until expires_at.
+	AccessToken string                 `protobuf:"bytes,4,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Scopes      []string               `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Optional: when the refresh token stops working.
+	RefreshExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=refresh_expires_at,json=refreshExpiresAt,proto3" json:"refresh_expires_at,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ImportGrantRequest) Reset() {
+	*x = ImportGrantRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportGrantRequest) ProtoMessage() {}
+
+func (x *ImportGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportGrantRequest.ProtoReflect.Descriptor instead.
+func (*ImportGrantRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ImportGrantRequest) GetConnection() string {
+	if x != nil {
+		return x.Connection
+	}
+	return ""
+}
+
+func (x *ImportGrantRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *ImportGrantRequest) GetRefreshToken() string {
+	if x != nil {
+		return x.RefreshToken
+	}
+	return ""
+}
+
+func (x *ImportGrantRequest) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *ImportGrantRequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *ImportGrantRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *ImportGrantRequest) GetRefreshExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RefreshExpiresAt
+	}
+	return nil
+}
+
+type ImportGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportGrantResponse) Reset() {
+	*x = ImportGrantResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportGrantResponse) ProtoMessage() {}
+
+func (x *ImportGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportGrantResponse.ProtoReflect.Descriptor instead.
+func (*ImportGrantResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ImportGrantResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\n" +
-	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n" +
+	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n" +
 	"\x0fGetTokenRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12\x16\n" +
 	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x122\n" +
 	"\amin_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06minTtl\x12#\n" +
-	"\rforce_refresh\x18\x04 \x01(\bR\fforceRefresh\"\xa7\x01\n" +
+	"\rforce_refresh\x18\x04 \x01(\bR\fforceRefresh\x12\x18\n" +
+	"\aaccount\x18\x05 \x01(\tR\aaccount\"\xa7\x01\n" +
 	"\x10GetTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"token_type\x18\x02 \x01(\tR\ttokenType\x129\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x16\n" +
-	"\x06scopes\x18\x04 \x03(\tR\x06scopes\"s\n" +
+	"\x06scopes\x18\x04 \x03(\tR\x06scopes\"\x8d\x01\n" +
 	"\x16InvalidateTokenRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12\x16\n" +
 	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x12!\n" +
-	"\faccess_token\x18\x03 \x01(\tR\vaccessToken\";\n" +
+	"\faccess_token\x18\x03 \x01(\tR\vaccessToken\x12\x18\n" +
+	"\aaccount\x18\x04 \x01(\tR\aaccount\";\n" +
 	"\x17InvalidateTokenResponse\x12 \n" +
 	"\vinvalidated\x18\x01 \x01(\bR\vinvalidated\"\x18\n" +
 	"\x16ListConnectionsRequest\"W\n" +
@@ -761,38 +1268,84 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"last_error\x18\a \x01(\tR\tlastError\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
 	"\x19StartAuthorizationRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
-	"connection\"\x9a\x01\n" +
+	"connection\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\"\x9a\x01\n" +
 	"\x1aStartAuthorizationResponse\x12+\n" +
 	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"h\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x82\x01\n" +
 	"\x1cCompleteAuthorizationRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\"[\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x18\n" +
+	"\aaccount\x18\x04 \x01(\tR\aaccount\"[\n" +
 	"\x1dCompleteAuthorizationResponse\x12:\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x1a.tokenbroker.v1.ConnectionR\n" +
-	"connection*\xb5\x01\n" +
+	"connection\"\xa8\x01\n" +
+	"\x13ListAccountsRequest\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\tR\n" +
+	"connection\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x125\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1f.tokenbroker.v1.ConnectionStateR\x05state\"s\n" +
+	"\x14ListAccountsResponse\x123\n" +
+	"\baccounts\x18\x01 \x03(\v2\x17.tokenbroker.v1.AccountR\baccounts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xeb\x02\n" +
+	"\aAccount\x12\x18\n" +
+	"\aaccount\x18\x01 \x01(\tR\aaccount\x125\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1f.tokenbroker.v1.ConnectionStateR\x05state\x12%\n" +
+	"\x0egranted_scopes\x18\x03 \x03(\tR\rgrantedScopes\x12D\n" +
+	"\x10token_expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12D\n" +
+	"\x10grant_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0egrantExpiresAt\x12=\n" +
+	"\flast_refresh\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vlastRefresh\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\"y\n" +
+	"\x14DeleteAccountRequest\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\tR\n" +
+	"connection\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\x12'\n" +
+	"\x0frevoke_upstream\x18\x03 \x01(\bR\x0erevokeUpstream\"1\n" +
+	"\x15DeleteAccountResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"\xb3\x02\n" +
+	"\x12ImportGrantRequest\x12\x1e\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\tR\n" +
+	"connection\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\x12#\n" +
+	"\rrefresh_token\x18\x03 \x01(\tR\frefreshToken\x12!\n" +
+	"\faccess_token\x18\x04 \x01(\tR\vaccessToken\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x16\n" +
+	"\x06scopes\x18\x06 \x03(\tR\x06scopes\x12H\n" +
+	"\x12refresh_expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10refreshExpiresAt\"H\n" +
+	"\x13ImportGrantResponse\x121\n" +
+	"\aaccount\x18\x01 \x01(\v2\x17.tokenbroker.v1.AccountR\aaccount*\xb5\x01\n" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16CONNECTION_STATE_READY\x10\x01\x12(\n" +
 	"$CONNECTION_STATE_NEEDS_AUTHORIZATION\x10\x02\x12\x1c\n" +
 	"\x18CONNECTION_STATE_REVOKED\x10\x03\x12\x1c\n" +
-	"\x18CONNECTION_STATE_FAILING\x10\x042\x8e\x04\n" +
+	"\x18CONNECTION_STATE_FAILING\x10\x042\x9f\x06\n" +
 	"\x12TokenBrokerService\x12M\n" +
 	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse\x12b\n" +
 	"\x0fInvalidateToken\x12&.tokenbroker.v1.InvalidateTokenRequest\x1a'.tokenbroker.v1.InvalidateTokenResponse\x12b\n" +
 	"\x0fListConnections\x12&.tokenbroker.v1.ListConnectionsRequest\x1a'.tokenbroker.v1.ListConnectionsResponse\x12k\n" +
 	"\x12StartAuthorization\x12).tokenbroker.v1.StartAuthorizationRequest\x1a*.tokenbroker.v1.StartAuthorizationResponse\x12t\n" +
-	"\x15CompleteAuthorization\x12,.tokenbroker.v1.CompleteAuthorizationRequest\x1a-.tokenbroker.v1.CompleteAuthorizationResponseBKZIgithub.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\x15CompleteAuthorization\x12,.tokenbroker.v1.CompleteAuthorizationRequest\x1a-.tokenbroker.v1.CompleteAuthorizationResponse\x12Y\n" +
+	"\fListAccounts\x12#.tokenbroker.v1.ListAccountsRequest\x1a$.tokenbroker.v1.ListAccountsResponse\x12\\\n" +
+	"\rDeleteAccount\x12$.tokenbroker.v1.DeleteAccountRequest\x1a%.tokenbroker.v1.DeleteAccountResponse\x12V\n" +
+	"\vImportGrant\x12\".tokenbroker.v1.ImportGrantRequest\x1a#.tokenbroker.v1.ImportGrantResponseBKZIgithub.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_tokenbroker_proto_rawDescOnce sync.Once
@@ -807,7 +1360,7 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(ConnectionState)(0),                  // 0: tokenbroker.v1.ConnectionState
 	(*GetTokenRequest)(nil),               // 1: tokenbroker.v1.GetTokenRequest
@@ -821,34 +1374,56 @@ var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(*StartAuthorizationResponse)(nil),    // 9: tokenbroker.v1.StartAuthorizationResponse
 	(*CompleteAuthorizationRequest)(nil),  // 10: tokenbroker.v1.CompleteAuthorizationRequest
 	(*CompleteAuthorizationResponse)(nil), // 11: tokenbroker.v1.CompleteAuthorizationResponse
-	nil,                                   // 12: tokenbroker.v1.Connection.DetailsEntry
-	(*durationpb.Duration)(nil),           // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),         // 14: google.protobuf.Timestamp
+	(*ListAccountsRequest)(nil),           // 12: tokenbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),          // 13: tokenbroker.v1.ListAccountsResponse
+	(*Account)(nil),                       // 14: tokenbroker.v1.Account
+	(*DeleteAccountRequest)(nil),          // 15: tokenbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),         // 16: tokenbroker.v1.DeleteAccountResponse
+	(*ImportGrantRequest)(nil),            // 17: tokenbroker.v1.ImportGrantRequest
+	(*ImportGrantResponse)(nil),           // 18: tokenbroker.v1.ImportGrantResponse
+	nil,                                   // 19: tokenbroker.v1.Connection.DetailsEntry
+	(*durationpb.Duration)(nil),           // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),         // 21: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	13, // 0: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
-	14, // 1: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 0: tokenbroker.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
+	21, // 1: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 2: tokenbroker.v1.ListConnectionsResponse.connections:type_name -> tokenbroker.v1.Connection
 	0,  // 3: tokenbroker.v1.Connection.state:type_name -> tokenbroker.v1.ConnectionState
-	14, // 4: tokenbroker.v1.Connection.token_expires_at:type_name -> google.protobuf.Timestamp
-	12, // 5: tokenbroker.v1.Connection.details:type_name -> tokenbroker.v1.Connection.DetailsEntry
-	14, // 6: tokenbroker.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 4: tokenbroker.v1.Connection.token_expires_at:type_name -> google.protobuf.Timestamp
+	19, // 5: tokenbroker.v1.Connection.details:type_name -> tokenbroker.v1.Connection.DetailsEntry
+	21, // 6: tokenbroker.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 7: tokenbroker.v1.CompleteAuthorizationResponse.connection:type_name -> tokenbroker.v1.Connection
-	1,  // 8: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	3,  // 9: tokenbroker.v1.TokenBrokerService.InvalidateToken:input_type -> tokenbroker.v1.InvalidateTokenRequest
-	5,  // 10: tokenbroker.v1.TokenBrokerService.ListConnections:input_type -> tokenbroker.v1.ListConnectionsRequest
-	8,  // 11: tokenbroker.v1.TokenBrokerService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	10, // 12: tokenbroker.v1.TokenBrokerService.CompleteAuthorization:input_type -> tokenbroker.v1.CompleteAuthorizationRequest
-	2,  // 13: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	4,  // 14: tokenbroker.v1.TokenBrokerService.InvalidateToken:output_type -> tokenbroker.v1.InvalidateTokenResponse
-	6,  // 15: tokenbroker.v1.TokenBrokerService.ListConnections:output_type -> tokenbroker.v1.ListConnectionsResponse
-	9,  // 16: tokenbroker.v1.TokenBrokerService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	11, // 17: tokenbroker.v1.TokenBrokerService.CompleteAuthorization:output_type -> tokenbroker.v1.CompleteAuthorizationResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	0,  // 8: tokenbroker.v1.ListAccountsRequest.state:type_name -> tokenbroker.v1.ConnectionState
+	14, // 9: tokenbroker.v1.ListAccountsResponse.accounts:type_name -> tokenbroker.v1.Account
+	0,  // 10: tokenbroker.v1.Account.state:type_name -> tokenbroker.v1.ConnectionState
+	21, // 11: tokenbroker.v1.Account.token_expires_at:type_name -> google.protobuf.Timestamp
+	21, // 12: tokenbroker.v1.Account.grant_expires_at:type_name -> google.protobuf.Timestamp
+	21, // 13: tokenbroker.v1.Account.last_refresh:type_name -> google.protobuf.Timestamp
+	21, // 14: tokenbroker.v1.ImportGrantRequest.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 15: tokenbroker.v1.ImportGrantRequest.refresh_expires_at:type_name -> google.protobuf.Timestamp
+	14, // 16: tokenbroker.v1.ImportGrantResponse.account:type_name -> tokenbroker.v1.Account
+	1,  // 17: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	3,  // 18: tokenbroker.v1.TokenBrokerService.InvalidateToken:input_type -> tokenbroker.v1.InvalidateTokenRequest
+	5,  // 19: tokenbroker.v1.TokenBrokerService.ListConnections:input_type -> tokenbroker.v1.ListConnectionsRequest
+	8,  // 20: tokenbroker.v1.TokenBrokerService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	10, // 21: tokenbroker.v1.TokenBrokerService.CompleteAuthorization:input_type -> tokenbroker.v1.CompleteAuthorizationRequest
+	12, // 22: tokenbroker.v1.TokenBrokerService.ListAccounts:input_type -> tokenbroker.v1.ListAccountsRequest
+	15, // 23: tokenbroker.v1.TokenBrokerService.DeleteAccount:input_type -> tokenbroker.v1.DeleteAccountRequest
+	17, // 24: tokenbroker.v1.TokenBrokerService.ImportGrant:input_type -> tokenbroker.v1.ImportGrantRequest
+	2,  // 25: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	4,  // 26: tokenbroker.v1.TokenBrokerService.InvalidateToken:output_type -> tokenbroker.v1.InvalidateTokenResponse
+	6,  // 27: tokenbroker.v1.TokenBrokerService.ListConnections:output_type -> tokenbroker.v1.ListConnectionsResponse
+	9,  // 28: tokenbroker.v1.TokenBrokerService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	11, // 29: tokenbroker.v1.TokenBrokerService.CompleteAuthorization:output_type -> tokenbroker.v1.CompleteAuthorizationResponse
+	13, // 30: tokenbroker.v1.TokenBrokerService.ListAccounts:output_type -> tokenbroker.v1.ListAccountsResponse
+	16, // 31: tokenbroker.v1.TokenBrokerService.DeleteAccount:output_type -> tokenbroker.v1.DeleteAccountResponse
+	18, // 32: tokenbroker.v1.TokenBrokerService.ImportGrant:output_type -> tokenbroker.v1.ImportGrantResponse
+	25, // [25:33] is the sub-list for method output_type
+	17, // [17:25] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -862,7 +1437,7 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

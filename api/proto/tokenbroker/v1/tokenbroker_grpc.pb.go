@@ -24,6 +24,9 @@ const (
 	TokenBrokerService_ListConnections_FullMethodName       = "/tokenbroker.v1.TokenBrokerService/ListConnections"
 	TokenBrokerService_StartAuthorization_FullMethodName    = "/tokenbroker.v1.TokenBrokerService/StartAuthorization"
 	TokenBrokerService_CompleteAuthorization_FullMethodName = "/tokenbroker.v1.TokenBrokerService/CompleteAuthorization"
+	TokenBrokerService_ListAccounts_FullMethodName          = "/tokenbroker.v1.TokenBrokerService/ListAccounts"
+	TokenBrokerService_DeleteAccount_FullMethodName         = "/tokenbroker.v1.TokenBrokerService/DeleteAccount"
+	TokenBrokerService_ImportGrant_FullMethodName           = "/tokenbroker.v1.TokenBrokerService/ImportGrant"
 )
 
 // TokenBrokerServiceClient is the client API for TokenBrokerService service.
@@ -49,6 +52,16 @@ type TokenBrokerServiceClient interface {
 	// CompleteAuthorization redeems the code the upstream returned with state.
 	// The broker's own HTTP callback (GET /oauth2/callback) does the same.
 	CompleteAuthorization(ctx context.Context, in *CompleteAuthorizationRequest, opts ...grpc.CallOption) (*CompleteAuthorizationResponse, error)
+	// ListAccounts pages through the accounts (end users) of a connection that
+	// keeps grants, with their state. It never returns secrets.
+	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
+	// DeleteAccount revokes an account's grant at the upstream (RFC 7009) when
+	// asked, then deletes the grant, its tokens and its device secret
+	// everywhere.
+	DeleteAccount(ctx context.Context, in *DeleteAccountRequest, opts ...grpc.CallOption) (*DeleteAccountResponse, error)
+	// ImportGrant stores a grant obtained elsewhere (a refresh token from the
+	// WX app, or from another system) for an account, replacing the one it has.
+	ImportGrant(ctx context.Context, in *ImportGrantRequest, opts ...grpc.CallOption) (*ImportGrantResponse, error)
 }
 
 type tokenBrokerServiceClient struct {
@@ -109,6 +122,36 @@ func (c *tokenBrokerServiceClient) CompleteAuthorization(ctx context.Context, in
 	return out, nil
 }
 
+func (c *tokenBrokerServiceClient) ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAccountsResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_ListAccounts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) DeleteAccount(ctx context.Context, in *DeleteAccountRequest, opts ...grpc.CallOption) (*DeleteAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteAccountResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_DeleteAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) ImportGrant(ctx context.Context, in *ImportGrantRequest, opts ...grpc.CallOption) (*ImportGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportGrantResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_ImportGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenBrokerServiceServer is the server API for TokenBrokerService service.
 // All implementations must embed UnimplementedTokenBrokerServiceServer
 // for forward compatibility.
@@ -132,6 +175,16 @@ type TokenBrokerServiceServer interface {
 	// CompleteAuthorization redeems the code the upstream returned with state.
 	// The broker's own HTTP callback (GET /oauth2/callback) does the same.
 	CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error)
+	// ListAccounts pages through the accounts (end users) of a connection that
+	// keeps grants, with their state. It never returns secrets.
+	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
+	// DeleteAccount revokes an account's grant at the upstream (RFC 7009) when
+	// asked, then deletes the grant, its tokens and its device secret
+	// everywhere.
+	DeleteAccount(context.Context, *DeleteAccountRequest) (*DeleteAccountResponse, error)
+	// ImportGrant stores a grant obtained elsewhere (a refresh token from the
+	// WX app, or from another system) for an account, replacing the one it has.
+	ImportGrant(context.Context, *ImportGrantRequest) (*ImportGrantResponse, error)
 	mustEmbedUnimplementedTokenBrokerServiceServer()
 }
 
@@ -156,6 +209,15 @@ func (UnimplementedTokenBrokerServiceServer) StartAuthorization(context.Context,
 }
 func (UnimplementedTokenBrokerServiceServer) CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CompleteAuthorization not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAccounts not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) DeleteAccount(context.Context, *DeleteAccountRequest) (*DeleteAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteAccount not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) ImportGrant(context.Context, *ImportGrantRequest) (*ImportGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportGrant not implemented")
 }
 func (UnimplementedTokenBrokerServiceServer) mustEmbedUnimplementedTokenBrokerServiceServer() {}
 func (UnimplementedTokenBrokerServiceServer) testEmbeddedByValue()                            {}
@@ -268,6 +330,60 @@ func _TokenBrokerService_CompleteAuthorization_Handler(srv interface{}, ctx cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenBrokerService_ListAccounts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAccountsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).ListAccounts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_ListAccounts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).ListAccounts(ctx, req.(*ListAccountsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_DeleteAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).DeleteAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_DeleteAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).DeleteAccount(ctx, req.(*DeleteAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_ImportGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).ImportGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_ImportGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).ImportGrant(ctx, req.(*ImportGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenBrokerService_ServiceDesc is the grpc.ServiceDesc for TokenBrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +410,18 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CompleteAuthorization",
 			Handler:    _TokenBrokerService_CompleteAuthorization_Handler,
+		},
+		{
+			MethodName: "ListAccounts",
+			Handler:    _TokenBrokerService_ListAccounts_Handler,
+		},
+		{
+			MethodName: "DeleteAccount",
+			Handler:    _TokenBrokerService_DeleteAccount_Handler,
+		},
+		{
+			MethodName: "ImportGrant",
+			Handler:    _TokenBrokerService_ImportGrant_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
