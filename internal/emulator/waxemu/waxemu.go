@@ -18,7 +18,14 @@
 //     token. Tokens live 1800 s; a refresh token comes only when the code was
 //     issued with duration=permanent, and is replaced on each refresh when
 //     rotation is on.
-//   - POST /v1/revoke_token: token_type=refresh&token=<rt> drops the grant.
+//   - POST /v1/revoke_token: revokes a refresh token, authenticated as the
+//     token endpoint is. It takes WAX's form, token_type=refresh&token=<rt>,
+//     or RFC 7009's, token=<t> with an optional token_type_hint
+//     (refresh_token or access_token). Revoking a refresh token ends its
+//     grant and every access token issued from it (RFC 7009 §2.1); an
+//     unknown or already revoked token is answered 200 all the same
+//     (RFC 7009 §2.2). Revocations are counted and Revoked tells which
+//     refresh tokens went.
 //
 // A client with a secret (Options.ClientSecret) must send it on every token
 // request. A public client (no ClientSecret) sends a device secret instead:
@@ -117,6 +124,9 @@ type Counts struct {
 	// PKCEFailures counts exchanges whose code_verifier was missing or did
 	// not match the code's challenge.
 	PKCEFailures int
+	// RevokeRequests counts every request to /v1/revoke_token;
+	// Revocations those that revoked a live refresh or access token.
+	RevokeRequests, Revocations int
 }
 
 // A Server is the emulated WAX All Access; it is an http.Handler.
@@ -133,8 +143,9 @@ type Server struct {
 	counts      Counts
 	codes       map[string]*code
 	grants      map[string]*grant // refresh token → grant
-	tokens      map[string]time.Time
-	seen        []string // every code, token and device secret, for leak checks
+	tokens      map[string]*access
+	revoked     map[string]bool // refresh tokens revoked at /v1/revoke_token
+	seen        []string        // every code, token and device secret, for leak checks
 }
 
 type code struct {
@@ -148,6 +159,14 @@ type code struct {
 type grant struct {
 	scopes       string
 	deviceSecret string // "" for a secret-keeping client
+	// revoked: its refresh token was revoked, which ends its access tokens.
+	revoked bool
+}
+
+// access is an issued access token.
+type access struct {
+	expires time.Time
+	grant   *grant
 }
 
 // New returns a Server configured by opts; it approves every authorization
@@ -162,7 +181,8 @@ func New(opts Options) *Server {
 		redirectURL:  opts.RedirectURL,
 		codes:        map[string]*code{},
 		grants:       map[string]*grant{},
-		tokens:       map[string]time.Time{},
+		tokens:       map[string]*access{},
+		revoked:      map[string]bool{},
 	}
 	if len(s.allowed) == 0 {
 		s.allowed = DefaultAllowedScopes()
@@ -215,8 +235,15 @@ func (s *Server) Counts() Counts {
 func (s *Server) Valid(token string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	exp, ok := s.tokens[token]
-	return ok && s.now().Before(exp)
+	a, ok := s.tokens[token]
+	return ok && s.now().Before(a.expires) && !a.grant.revoked
+}
+
+// Revoked reports whether refreshToken was revoked at /v1/revoke_token.
+func (s *Server) Revoked(refreshToken string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.revoked[refreshToken]
 }
 
 // Secrets returns every code, access token and refresh token issued and
@@ -483,7 +510,7 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 		s.grants[rt] = g
 		s.seen = append(s.seen, rt)
 	}
-	s.issueLocked(w, g.scopes, rt)
+	s.issueLocked(w, g, rt)
 }
 
 func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
@@ -510,10 +537,13 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 		s.grants[newRT] = g
 		s.seen = append(s.seen, newRT)
 	}
-	s.issueLocked(w, g.scopes, newRT)
+	s.issueLocked(w, g, newRT)
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.counts.RevokeRequests++
+	s.mu.Unlock()
 	form, ok := s.parseForm(w, r)
 	if !ok {
 		return
@@ -522,37 +552,58 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if form.Get("token_type") != "refresh" || form.Get("token") == "" {
-		writeError(w, http.StatusBadRequest, "invalid_request", "token_type=refresh and token are required")
+	for k := range form {
+		if k != "token" && k != "token_type" && k != "token_type_hint" {
+			writeError(w, http.StatusBadRequest, "invalid_request", "unsupported parameter "+strconv.Quote(k))
+			return
+		}
+	}
+	tok := form.Get("token")
+	switch {
+	case tok == "":
+		writeError(w, http.StatusBadRequest, "invalid_request", "token is required")
+		return
+	case form.Has("token_type") && form.Has("token_type_hint"):
+		writeError(w, http.StatusBadRequest, "invalid_request", "token_type (WAX) and token_type_hint (RFC 7009) are exclusive")
+		return
+	case form.Has("token_type") && form.Get("token_type") != "refresh":
+		writeError(w, http.StatusBadRequest, "unsupported_token_type", "token_type must be refresh")
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if g, ok := s.grants[form.Get("token")]; ok && (s.clientSecret != "" || g.deviceSecret == sec) {
-		delete(s.grants, form.Get("token"))
+	if g, ok := s.grants[tok]; ok && (s.clientSecret != "" || g.deviceSecret == sec) {
+		delete(s.grants, tok)
+		g.revoked = true
+		s.revoked[tok] = true
+		s.counts.Revocations++
+	} else if a, ok := s.tokens[tok]; ok && !form.Has("token_type") && (s.clientSecret != "" || a.grant.deviceSecret == sec) {
+		delete(s.tokens, tok)
+		s.counts.Revocations++
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
 }
 
-// issueLocked writes a token response; s.mu is held.
-func (s *Server) issueLocked(w http.ResponseWriter, scopes, rt string) {
+// issueLocked writes a token response for g; s.mu is held. rt is the
+// refresh token to send, "" for none.
+func (s *Server) issueLocked(w http.ResponseWriter, g *grant, rt string) {
 	at := random()
 	now := s.now()
 	if len(s.tokens) >= 4096 {
-		for t, exp := range s.tokens {
-			if !now.Before(exp) {
+		for t, a := range s.tokens {
+			if !now.Before(a.expires) {
 				delete(s.tokens, t)
 			}
 		}
 	}
-	s.tokens[at] = now.Add(TokenLifetime)
+	s.tokens[at] = &access{expires: now.Add(TokenLifetime), grant: g}
 	s.seen = append(s.seen, at)
 	s.counts.Issued++
 	resp := map[string]any{
 		"access_token": at,
 		"token_type":   "bearer",
 		"expires_in":   int64(TokenLifetime / time.Second),
-		"scope":        scopes,
+		"scope":        g.scopes,
 	}
 	if rt != "" {
 		resp["refresh_token"] = rt

@@ -71,7 +71,12 @@ func authQuery(duration string) url.Values {
 // status and decoded body.
 func (e *env) post(t *testing.T, user, pass string, form url.Values) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.url+waxemu.TokenPath, strings.NewReader(form.Encode()))
+	return e.postTo(t, waxemu.TokenPath, user, pass, form)
+}
+
+func (e *env) postTo(t *testing.T, path, user, pass string, form url.Values) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.url+path, strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if user != "" {
 		req.SetBasicAuth(user, pass)
@@ -204,5 +209,64 @@ func TestDeviceSecrets(t *testing.T) {
 	}
 	if st, _ := e.post(t, "", "", refresh); st != http.StatusUnauthorized {
 		t.Errorf("refresh without Basic: %d; want 401", st)
+	}
+}
+
+// revoke posts to the revocation endpoint as post does to the token endpoint.
+func (e *env) revoke(t *testing.T, user, pass string, form url.Values) (int, map[string]any) {
+	t.Helper()
+	return e.postTo(t, waxemu.RevokePath, user, pass, form)
+}
+
+// TestRevoke: WAX's form and RFC 7009's both revoke a refresh token, which
+// ends the grant and its access tokens; bad requests are refused; unknown
+// tokens are answered 200 and not counted as revocations.
+func TestRevoke(t *testing.T) {
+	e := start(t, secret)
+	grant := func() (at, rt string) {
+		_, back := e.authorize(t, authQuery("permanent"))
+		_, body := e.post(t, id, secret, url.Values{"grant_type": {"authorization_code"}, "code": {back.Get("code")}})
+		return body["access_token"].(string), body["refresh_token"].(string)
+	}
+	at1, rt1 := grant()
+	at2, rt2 := grant()
+	for _, tt := range []struct {
+		name   string
+		form   url.Values
+		status int
+		code   string
+	}{
+		{"no token", url.Values{"token_type": {"refresh"}}, 400, "invalid_request"},
+		{"WAX access type", url.Values{"token_type": {"access"}, "token": {rt1}}, 400, "unsupported_token_type"},
+		{"both forms", url.Values{"token_type": {"refresh"}, "token_type_hint": {"refresh_token"}, "token": {rt1}}, 400, "invalid_request"},
+		{"unknown field", url.Values{"token": {rt1}, "client_secret": {"x"}}, 400, "invalid_request"},
+		{"unknown token", url.Values{"token": {"nope"}}, 200, ""},
+	} {
+		if st, body := e.revoke(t, id, secret, tt.form); st != tt.status || (tt.code != "" && body["error"] != tt.code) {
+			t.Errorf("%s: revoke = %d %v; want %d %s", tt.name, st, body["error"], tt.status, tt.code)
+		}
+	}
+	if st, _ := e.revoke(t, id, "wrong", url.Values{"token_type": {"refresh"}, "token": {rt1}}); st != http.StatusUnauthorized {
+		t.Errorf("revoke with a wrong secret = %d; want 401", st)
+	}
+	if e.emu.Revoked(rt1) || !e.emu.Valid(at1) {
+		t.Fatal("a refused revocation revoked the grant")
+	}
+	if st, _ := e.revoke(t, id, secret, url.Values{"token_type": {"refresh"}, "token": {rt1}}); st != http.StatusOK {
+		t.Errorf("WAX revoke = %d; want 200", st)
+	}
+	if st, _ := e.revoke(t, id, secret, url.Values{"token": {rt2}, "token_type_hint": {"refresh_token"}}); st != http.StatusOK {
+		t.Errorf("RFC 7009 revoke = %d; want 200", st)
+	}
+	for i, tok := range []struct{ at, rt string }{{at1, rt1}, {at2, rt2}} {
+		if !e.emu.Revoked(tok.rt) || e.emu.Valid(tok.at) {
+			t.Errorf("grant %d: Revoked = %v, access token Valid = %v; want true, false", i+1, e.emu.Revoked(tok.rt), e.emu.Valid(tok.at))
+		}
+		if st, body := e.post(t, id, secret, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tok.rt}}); st != 400 || body["error"] != "invalid_grant" {
+			t.Errorf("grant %d: refresh after revocation = %d %v; want 400 invalid_grant", i+1, st, body["error"])
+		}
+	}
+	if c := e.emu.Counts(); c.Revocations != 2 || c.RevokeRequests != 8 {
+		t.Errorf("Revocations, RevokeRequests = %d, %d; want 2, 8", c.Revocations, c.RevokeRequests)
 	}
 }

@@ -68,6 +68,12 @@ type Config struct {
 	AuthorizeURL string `yaml:"authorize_url"`
 	// TokenURL is the absolute http(s) URL of the token endpoint. Required.
 	TokenURL string `yaml:"token_url"`
+	// RevocationURL is the absolute http(s) URL of the upstream's RFC 7009
+	// revocation endpoint, used when an account is deleted with
+	// revoke_upstream. Optional: without it the provider's Revoke fails
+	// with providers.ErrNotSupported. The client authenticates as it does
+	// to the token endpoint.
+	RevocationURL string `yaml:"revocation_url"`
 	// ClientID is the OAuth client id. Required.
 	ClientID string `yaml:"client_id"`
 	// ClientSecret names the file or environment variable holding the
@@ -125,6 +131,13 @@ type flavor struct {
 	details map[string]string
 	// noPKCE: the upstream does not support PKCE.
 	noPKCE bool
+	// revokeForm builds the revocation request's form for a refresh token.
+	revokeForm func(refreshToken string) url.Values
+}
+
+// rfc7009Form is RFC 7009 §2.1's request: the token and its type hint.
+func rfc7009Form(rt string) url.Values {
+	return url.Values{"token": {rt}, "token_type_hint": {"refresh_token"}}
 }
 
 var genericFlavor = flavor{
@@ -132,6 +145,7 @@ var genericFlavor = flavor{
 	defaultEncoding: BasicForm,
 	sendRedirectURI: true,
 	reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "code_challenge", "code_challenge_method"},
+	revokeForm:      rfc7009Form,
 }
 
 // Validate reports every problem at once, each prefixed with its YAML key.
@@ -151,6 +165,11 @@ func (c *Config) problems(f flavor) []error {
 			add(u.key, "required")
 		} else if err := providers.CheckEndpointURL(u.val); err != nil {
 			add(u.key, "%v", err)
+		}
+	}
+	if c.RevocationURL != "" {
+		if err := providers.CheckEndpointURL(c.RevocationURL); err != nil {
+			add("revocation_url", "%v", err)
 		}
 	}
 	encoding := c.BasicEncoding
@@ -273,6 +292,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if c.RedirectURL != "" {
 		details["redirect_url"] = c.RedirectURL
 	}
+	if c.RevocationURL != "" {
+		details["revocation_url"] = c.RevocationURL
+	}
 	if c.PKCE {
 		details["pkce"] = "S256"
 	}
@@ -288,6 +310,8 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		authURL:         authURL,
 		authParams:      params,
 		tokenURL:        c.TokenURL,
+		revocationURL:   c.RevocationURL,
+		revokeForm:      f.revokeForm,
 		clientID:        c.ClientID,
 		clientSecret:    sec,
 		deviceMode:      c.DeviceSecret,
@@ -310,15 +334,18 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 
 // provider is safe for concurrent use: nothing in it changes after Open.
 type provider struct {
-	name         string
-	authURL      *url.URL   // without query
-	authParams   url.Values // every parameter but state
-	tokenURL     string
-	clientID     string
-	clientSecret secret.Value // zero in device-secret mode
-	deviceMode   bool
-	pkce         bool
-	style        tokenhttp.AuthStyle
+	name       string
+	authURL    *url.URL   // without query
+	authParams url.Values // every parameter but state
+	tokenURL   string
+	// revocationURL is "" when the connection has none.
+	revocationURL string
+	revokeForm    func(refreshToken string) url.Values
+	clientID      string
+	clientSecret  secret.Value // zero in device-secret mode
+	deviceMode    bool
+	pkce          bool
+	style         tokenhttp.AuthStyle
 	// scopes are the configured ones, sorted and unique; nil for none.
 	scopes          []string
 	redirectURI     string // sent with the exchange; "" for none
@@ -333,6 +360,7 @@ var (
 	_ providers.Refresher  = (*provider)(nil)
 	_ providers.Authorizer = (*provider)(nil)
 	_ providers.Describer  = (*provider)(nil)
+	_ providers.Revoker    = (*provider)(nil)
 )
 
 // Token always fails with providers.ErrNeedsAuthorization: a token comes
@@ -435,6 +463,29 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 		t.Grant.Scopes = t.Scopes
 	}
 	return t, nil
+}
+
+// Revoke asks the revocation endpoint to revoke g's refresh token
+// (RFC 7009), authenticated like a refresh: with g's device secret in
+// device-secret mode.
+func (p *provider) Revoke(ctx context.Context, g *providers.Grant) error {
+	if p.revocationURL == "" {
+		return fmt.Errorf("%s: revoke: %w: the connection has no revocation_url", p.name, providers.ErrNotSupported)
+	}
+	if g == nil || g.RefreshToken.IsZero() {
+		return nil
+	}
+	sec := p.clientSecret
+	if p.deviceMode {
+		if g.DeviceSecret.IsZero() {
+			return fmt.Errorf("%s: revoke: the grant has no device secret to authenticate with", p.name)
+		}
+		sec = g.DeviceSecret
+	}
+	if err := p.client.Revoke(ctx, p.revocationURL, p.revokeForm(g.RefreshToken.Reveal()), p.auth(sec)); err != nil {
+		return fmt.Errorf("%s: revoke: %w", p.name, err)
+	}
+	return nil
 }
 
 func (p *provider) auth(sec secret.Value) tokenhttp.Auth {

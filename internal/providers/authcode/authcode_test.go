@@ -66,6 +66,8 @@ func TestValidate(t *testing.T) {
 		{"bad urls", generic(func(c *authcode.Config) {
 			c.AuthorizeURL, c.TokenURL, c.RedirectURL = "ftp://x/", "https://u:p@x/", "/relative"
 		}), []string{"authorize_url: must be an absolute http", "token_url: must not contain credentials", "redirect_url: must be an absolute http"}},
+		{"bad revocation url", generic(func(c *authcode.Config) { c.RevocationURL = "http://as.example/revoke" }),
+			[]string{"revocation_url: must be https"}},
 		{"bad encoding", generic(func(c *authcode.Config) { c.BasicEncoding = "base64" }), []string{`basic_encoding: must be "raw" or "form"`}},
 		{"colon in raw client id", generic(func(c *authcode.Config) { c.BasicEncoding = "raw"; c.ClientID = "a:b" }), []string{"client_id: must not contain ':'"}},
 		{"reserved params", generic(func(c *authcode.Config) {
@@ -467,7 +469,8 @@ func TestDescribe(t *testing.T) {
 	}{
 		{"wax sandbox", &authcode.WAXConfig{Environment: "sandbox", Config: authcode.Config{ClientID: clientID, DeviceSecret: true}},
 			map[string]string{"environment": "sandbox", "duration": "permanent", "client_authentication": "device_secret",
-				"authorize_url": authcode.WAXSandboxAuthorizeURL, "token_url": authcode.WAXSandboxTokenURL}},
+				"authorize_url": authcode.WAXSandboxAuthorizeURL, "token_url": authcode.WAXSandboxTokenURL,
+				"revocation_url": authcode.WAXSandboxRevocationURL}},
 		{"wax at an emulator", &authcode.WAXConfig{Duration: "temporary", Config: authcode.Config{ClientID: clientID, ClientSecret: ref,
 			AuthorizeURL: "http://127.0.0.1:1/v1/authorize", TokenURL: "http://127.0.0.1:1/v1/access_token", RedirectURL: "https://b.example/oauth2/callback"}},
 			map[string]string{"duration": "temporary", "client_authentication": "client_secret", "redirect_url": "https://b.example/oauth2/callback",
