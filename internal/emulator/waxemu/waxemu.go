@@ -27,6 +27,18 @@
 //     (RFC 7009 §2.2). Revocations are counted and Revoked tells which
 //     refresh tokens went.
 //
+// The emulator approves on behalf of a person: the one named by the
+// authorization URL's login_hint parameter (OpenID Connect's name for it;
+// WAX ignores it), else the one SetUser named, else DefaultUser. Each code,
+// grant and token belongs to that person, and UserOf maps an access token
+// back to them, so a test can tell alice's token from bob's.
+//
+// With a refresh-token lifetime (Options.RefreshTokenLifetime,
+// SetRefreshTokenLifetime) a grant's refresh token dies when it has not been
+// used for that long: every token response of a permanent grant carries
+// refresh_token_expires_in, each refresh restarts the lifetime, and a
+// refresh after it is 400 invalid_grant.
+//
 // A client with a secret (Options.ClientSecret) must send it on every token
 // request. A public client (no ClientSecret) sends a device secret instead:
 // the one that redeemed a code is remembered with the grant, and every
@@ -70,6 +82,10 @@ const (
 // DefaultScope is granted when the authorization URL names none.
 const DefaultScope = "identity_basic"
 
+// DefaultUser approves authorizations when neither login_hint nor SetUser
+// names someone.
+const DefaultUser = "user"
+
 // DefaultAllowedScopes may be asked for when Options.AllowedScopes is empty.
 func DefaultAllowedScopes() []string {
 	return []string{"identity", "identity_basic", "items", "trades"}
@@ -97,6 +113,9 @@ type Options struct {
 	// code_challenge on every authorization and the matching code_verifier
 	// at the exchange. Without it, PKCE parameters are refused.
 	PKCE bool
+	// RefreshTokenLifetime is how long a refresh token lives unused; 0
+	// means for ever, and no refresh_token_expires_in is sent.
+	RefreshTokenLifetime time.Duration
 	// Now reads the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -140,6 +159,8 @@ type Server struct {
 	redirectURL string
 	deny        bool
 	rotate      bool
+	user        string
+	rtLifetime  time.Duration
 	counts      Counts
 	codes       map[string]*code
 	grants      map[string]*grant // refresh token → grant
@@ -154,6 +175,7 @@ type code struct {
 	expires   time.Time
 	used      bool
 	challenge string // RFC 7636 S256 code_challenge, with Options.PKCE
+	user      string
 }
 
 type grant struct {
@@ -161,6 +183,9 @@ type grant struct {
 	deviceSecret string // "" for a secret-keeping client
 	// revoked: its refresh token was revoked, which ends its access tokens.
 	revoked bool
+	user    string
+	// refreshExpires is when the refresh token dies unused; zero: never.
+	refreshExpires time.Time
 }
 
 // access is an issued access token.
@@ -179,6 +204,8 @@ func New(opts Options) *Server {
 		pkce:         opts.PKCE,
 		now:          opts.Now,
 		redirectURL:  opts.RedirectURL,
+		user:         DefaultUser,
+		rtLifetime:   opts.RefreshTokenLifetime,
 		codes:        map[string]*code{},
 		grants:       map[string]*grant{},
 		tokens:       map[string]*access{},
@@ -198,6 +225,37 @@ func (s *Server) SetRedirectURL(u string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.redirectURL = u
+}
+
+// SetUser names the person who approves authorizations that carry no
+// login_hint; "" restores DefaultUser.
+func (s *Server) SetUser(name string) {
+	if name == "" {
+		name = DefaultUser
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.user = name
+}
+
+// SetRefreshTokenLifetime changes the unused lifetime of refresh tokens from
+// their next issue or use on; 0 means for ever.
+func (s *Server) SetRefreshTokenLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rtLifetime = d
+}
+
+// UserOf returns the person an access token s issued was approved by, even
+// after it expired or was revoked; "" for a token s did not issue (or has
+// forgotten, long after it expired).
+func (s *Server) UserOf(accessToken string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.tokens[accessToken]; ok {
+		return a.grant.user
+	}
+	return ""
 }
 
 // SetApprove makes /v1/authorize approve (true, the default) or deny.
@@ -330,8 +388,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.mu.Lock()
-	deny, target := s.deny, s.redirectURL
+	deny, target, user := s.deny, s.redirectURL, s.user
 	s.mu.Unlock()
+	if q.Has("login_hint") {
+		user = q.Get("login_hint")
+	}
 	u, err := url.Parse(target)
 	if target == "" || err != nil {
 		http.Error(w, "the client has no usable redirect URL registered", http.StatusInternalServerError)
@@ -347,7 +408,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c := random()
 		s.mu.Lock()
-		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime), challenge: challenge}
+		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime), challenge: challenge, user: user}
 		s.seen = append(s.seen, c)
 		s.counts.Approved++
 		s.mu.Unlock()
@@ -499,7 +560,7 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 	if verifier != "" {
 		s.seen = append(s.seen, verifier)
 	}
-	g := &grant{scopes: cd.scopes}
+	g := &grant{scopes: cd.scopes, user: cd.user}
 	if s.clientSecret == "" {
 		g.deviceSecret = sec
 		s.seen = append(s.seen, sec)
@@ -509,6 +570,7 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 		rt = random()
 		s.grants[rt] = g
 		s.seen = append(s.seen, rt)
+		s.startRefreshLifetimeLocked(g)
 	}
 	s.issueLocked(w, g, rt)
 }
@@ -521,6 +583,10 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.grants[rt]
+	if ok && !g.refreshExpires.IsZero() && !s.now().Before(g.refreshExpires) {
+		delete(s.grants, rt)
+		ok = false
+	}
 	if !ok {
 		s.invalidGrant(w, invalidGrantRefresh)
 		return
@@ -530,6 +596,7 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 		s.invalidClientLocked(w, "the device secret does not match the one this grant was issued to")
 		return
 	}
+	s.startRefreshLifetimeLocked(g)
 	newRT := ""
 	if s.rotate {
 		delete(s.grants, rt)
@@ -608,7 +675,19 @@ func (s *Server) issueLocked(w http.ResponseWriter, g *grant, rt string) {
 	if rt != "" {
 		resp["refresh_token"] = rt
 	}
+	if !g.refreshExpires.IsZero() {
+		resp["refresh_token_expires_in"] = int64(g.refreshExpires.Sub(now) / time.Second)
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// startRefreshLifetimeLocked (re)starts the unused lifetime of g's refresh
+// token; s.mu is held.
+func (s *Server) startRefreshLifetimeLocked(g *grant) {
+	g.refreshExpires = time.Time{}
+	if s.rtLifetime > 0 {
+		g.refreshExpires = s.now().Add(s.rtLifetime)
+	}
 }
 
 func (s *Server) invalidGrant(w http.ResponseWriter, desc string) {

@@ -2,6 +2,7 @@ package waxemu_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -268,5 +269,97 @@ func TestRevoke(t *testing.T) {
 	}
 	if c := e.emu.Counts(); c.Revocations != 2 || c.RevokeRequests != 8 {
 		t.Errorf("Revocations, RevokeRequests = %d, %d; want 2, 8", c.Revocations, c.RevokeRequests)
+	}
+}
+
+// exchange redeems the code of an approved authorization with q and returns
+// the token response.
+func (e *env) exchange(t *testing.T, q url.Values) map[string]any {
+	t.Helper()
+	_, back := e.authorize(t, q)
+	st, body := e.post(t, id, secret, url.Values{"grant_type": {"authorization_code"}, "code": {back.Get("code")}})
+	if st != http.StatusOK {
+		t.Fatalf("exchange: %d %v", st, body["error"])
+	}
+	return body
+}
+
+// TestUsers: login_hint, else SetUser, else DefaultUser approves; every
+// token of a grant, refreshed ones included, maps back to its person.
+func TestUsers(t *testing.T) {
+	e := start(t, secret)
+	e.emu.SetRotate(true)
+	q := authQuery("permanent")
+	anon := e.exchange(t, q)
+	e.emu.SetUser("bob")
+	bob := e.exchange(t, q)
+	q.Set("login_hint", "alice")
+	alice := e.exchange(t, q)
+	for _, tt := range []struct {
+		body map[string]any
+		want string
+	}{{anon, waxemu.DefaultUser}, {bob, "bob"}, {alice, "alice"}} {
+		if got := e.emu.UserOf(tt.body["access_token"].(string)); got != tt.want {
+			t.Errorf("UserOf(%s's access token) = %q; want %q", tt.want, got, tt.want)
+		}
+		st, body := e.post(t, id, secret, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {tt.body["refresh_token"].(string)}})
+		if st != http.StatusOK {
+			t.Fatalf("refresh: %d %v", st, body["error"])
+		}
+		if got := e.emu.UserOf(body["access_token"].(string)); got != tt.want {
+			t.Errorf("UserOf(%s's refreshed access token) = %q; want %q", tt.want, got, tt.want)
+		}
+	}
+	if got := e.emu.UserOf("not-issued"); got != "" {
+		t.Errorf("UserOf(unknown) = %q; want empty", got)
+	}
+	e.emu.SetUser("")
+	if got := e.emu.UserOf(e.exchange(t, authQuery("permanent"))["access_token"].(string)); got != waxemu.DefaultUser {
+		t.Errorf("after SetUser(\"\"): UserOf = %q; want %q", got, waxemu.DefaultUser)
+	}
+}
+
+// TestRefreshTokenLifetime: refresh_token_expires_in is sent with a
+// permanent grant's tokens, each refresh restarts it, and an idle refresh
+// token dies with invalid_grant.
+func TestRefreshTokenLifetime(t *testing.T) {
+	for _, rotate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rotate=%v", rotate), func(t *testing.T) {
+			e := start(t, secret)
+			e.emu.SetRotate(rotate)
+			e.emu.SetRefreshTokenLifetime(time.Minute)
+			body := e.exchange(t, authQuery("permanent"))
+			if got := body["refresh_token_expires_in"]; got != float64(60) {
+				t.Errorf("exchange refresh_token_expires_in = %v; want 60", got)
+			}
+			rt := body["refresh_token"].(string)
+			refresh := func() (int, map[string]any) {
+				return e.post(t, id, secret, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}})
+			}
+			for i := range 3 { // kept alive: 59 s idle each time
+				e.clk.t = e.clk.t.Add(59 * time.Second)
+				st, body := refresh()
+				if st != http.StatusOK {
+					t.Fatalf("refresh #%d after 59 s: %d %v", i+1, st, body["error"])
+				}
+				if got := body["refresh_token_expires_in"]; got != float64(60) {
+					t.Errorf("refresh #%d refresh_token_expires_in = %v; want 60", i+1, got)
+				}
+				if next, ok := body["refresh_token"].(string); ok {
+					rt = next
+				}
+			}
+			e.clk.t = e.clk.t.Add(time.Minute)
+			if st, body := refresh(); st != http.StatusBadRequest || body["error"] != "invalid_grant" {
+				t.Errorf("refresh after 60 s idle: %d %v; want 400 invalid_grant", st, body["error"])
+			}
+			if got, ok := e.exchange(t, authQuery(""))["refresh_token_expires_in"]; ok {
+				t.Errorf("temporary grant refresh_token_expires_in = %v; want none", got)
+			}
+		})
+	}
+	e := start(t, secret)
+	if _, ok := e.exchange(t, authQuery("permanent"))["refresh_token_expires_in"]; ok {
+		t.Error("refresh_token_expires_in sent without a lifetime")
 	}
 }
