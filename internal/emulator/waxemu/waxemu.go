@@ -45,6 +45,11 @@
 // refresh of that grant must send the same one (else 401 invalid_client,
 // counted in Counts.DeviceSecretMismatches).
 //
+// A public client (Options.PublicClient; RFC 6749 §2.1, RFC 8252), which
+// WAX itself does not have, keeps no secret of any kind: it sends client_id
+// in the form body and no Authorization header, and PKCE S256 is required.
+// With it the server stands in for a generic authorization server.
+//
 // All methods of a Server are safe for concurrent use.
 package waxemu
 
@@ -113,6 +118,11 @@ type Options struct {
 	// code_challenge on every authorization and the matching code_verifier
 	// at the exchange. Without it, PKCE parameters are refused.
 	PKCE bool
+	// PublicClient makes the client public with no secret at all:
+	// client_id in the body of every token and revocation request, no
+	// Authorization header, and PKCE required (PKCE is implied).
+	// ClientSecret must be empty.
+	PublicClient bool
 	// RefreshTokenLifetime is how long a refresh token lives unused; 0
 	// means for ever, and no refresh_token_expires_in is sent.
 	RefreshTokenLifetime time.Duration
@@ -153,6 +163,7 @@ type Server struct {
 	clientID, clientSecret string
 	allowed                []string
 	pkce                   bool
+	public                 bool
 	now                    func() time.Time
 
 	mu          sync.Mutex
@@ -201,7 +212,8 @@ func New(opts Options) *Server {
 		clientID:     opts.ClientID,
 		clientSecret: opts.ClientSecret,
 		allowed:      slices.Clone(opts.AllowedScopes),
-		pkce:         opts.PKCE,
+		pkce:         opts.PKCE || opts.PublicClient,
+		public:       opts.PublicClient,
 		now:          opts.Now,
 		redirectURL:  opts.RedirectURL,
 		user:         DefaultUser,
@@ -460,17 +472,31 @@ func (s *Server) parseForm(w http.ResponseWriter, r *http.Request) (url.Values, 
 			return nil, false
 		}
 	}
-	if r.PostForm.Has("client_id") || r.PostForm.Has("client_secret") {
+	if r.PostForm.Has("client_secret") || (!s.public && r.PostForm.Has("client_id")) {
 		writeError(w, http.StatusBadRequest, "invalid_request", "client credentials are accepted only in HTTP Basic")
 		return nil, false
 	}
 	return r.PostForm, true
 }
 
+// deviceSecrets reports whether the client authenticates with a device
+// secret per grant.
+func (s *Server) deviceSecrets() bool { return s.clientSecret == "" && !s.public }
+
 // authenticate checks the raw Basic credentials (WAX does not form-decode
-// them) and returns the password: the client secret or a device secret. On
+// them) and returns the password: the client secret or a device secret. A
+// public client sends client_id in form instead, and no password. On
 // failure it writes 401 invalid_client and returns false.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, form url.Values) (string, bool) {
+	if s.public {
+		if r.Header.Get("Authorization") != "" || subtle.ConstantTimeCompare([]byte(form.Get("client_id")), []byte(s.clientID)) != 1 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.invalidClientLocked(w, "a public client sends its client_id in the body and no Authorization header")
+			return "", false
+		}
+		return "", true
+	}
 	id, sec, basic := r.BasicAuth()
 	if !basic || id == "" || sec == "" || subtle.ConstantTimeCompare([]byte(id), []byte(s.clientID)) != 1 ||
 		(s.clientSecret != "" && subtle.ConstantTimeCompare([]byte(sec), []byte(s.clientSecret)) != 1) {
@@ -499,13 +525,13 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.counts.Refreshes++
 	}
 	s.mu.Unlock()
-	sec, ok := s.authenticate(w, r)
+	sec, ok := s.authenticate(w, r, form)
 	if !ok {
 		return
 	}
 	for k := range form {
 		switch k {
-		case "grant_type", "code", "refresh_token":
+		case "grant_type", "code", "refresh_token", "client_id":
 		case "code_verifier":
 			if s.pkce && gt == "authorization_code" {
 				break
@@ -561,7 +587,7 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 		s.seen = append(s.seen, verifier)
 	}
 	g := &grant{scopes: cd.scopes, user: cd.user}
-	if s.clientSecret == "" {
+	if s.deviceSecrets() {
 		g.deviceSecret = sec
 		s.seen = append(s.seen, sec)
 	}
@@ -591,7 +617,7 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 		s.invalidGrant(w, invalidGrantRefresh)
 		return
 	}
-	if s.clientSecret == "" && subtle.ConstantTimeCompare([]byte(sec), []byte(g.deviceSecret)) != 1 {
+	if s.deviceSecrets() && subtle.ConstantTimeCompare([]byte(sec), []byte(g.deviceSecret)) != 1 {
 		s.counts.DeviceSecretMismatches++
 		s.invalidClientLocked(w, "the device secret does not match the one this grant was issued to")
 		return
@@ -615,12 +641,12 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sec, ok := s.authenticate(w, r)
+	sec, ok := s.authenticate(w, r, form)
 	if !ok {
 		return
 	}
 	for k := range form {
-		if k != "token" && k != "token_type" && k != "token_type_hint" {
+		if k != "token" && k != "token_type" && k != "token_type_hint" && k != "client_id" {
 			writeError(w, http.StatusBadRequest, "invalid_request", "unsupported parameter "+strconv.Quote(k))
 			return
 		}

@@ -7,12 +7,16 @@
 // and sandbox endpoints, duration=permanent, default scope identity_basic,
 // no redirect_uri parameter, and raw HTTP Basic.
 //
-// The client authenticates to the token endpoint with HTTP Basic only, either
+// The client authenticates to the token endpoint with HTTP Basic, either
 // with a client secret or, for clients that cannot keep one, with a "device
 // secret" made at random for each grant (device_secret: true). The device
 // secret is returned in the grant, which the broker stores, and is sent again
 // on every refresh of that grant. Basic credentials are sent raw (RFC 7617,
-// as WAX clients do) or form-encoded (RFC 6749 §2.3.1).
+// as WAX clients do) or form-encoded (RFC 6749 §2.3.1). A generic connection
+// may instead be a public client with no secret at all
+// (client_authentication: none, RFC 8252 §8.5): it sends client_id in the
+// form body and must use PKCE S256, which then is what binds the code to
+// the broker. WAX documents no such client, so wax refuses it.
 //
 // A refresh never sends a scope parameter, so a grant never narrows: the
 // token covers every granted scope. A request for scopes outside the granted
@@ -57,6 +61,17 @@ const (
 	BasicForm = "form"
 )
 
+// Values of Config.ClientAuthentication.
+const (
+	// ClientAuthSecret: HTTP Basic with client_secret (the default).
+	ClientAuthSecret = "client_secret"
+	// ClientAuthDevice: HTTP Basic with a random secret per grant; the same
+	// as device_secret: true.
+	ClientAuthDevice = "device_secret"
+	// ClientAuthNone: a public client; client_id in the body, PKCE required.
+	ClientAuthNone = "none"
+)
+
 // DeviceSecretBytes is the number of random bytes in a device secret.
 const DeviceSecretBytes = 32
 
@@ -83,6 +98,14 @@ type Config struct {
 	// device secret, used as the Basic password for the code exchange and
 	// every refresh of that grant.
 	DeviceSecret bool `yaml:"device_secret"`
+	// ClientAuthentication is "client_secret" (the default without
+	// device_secret), "device_secret" (the default with device_secret:
+	// true; setting it is the same as device_secret: true) or "none": a
+	// public client with no secret, which sends client_id in the body and
+	// requires pkce: true (the configuration is refused without it, rather
+	// than PKCE being turned on behind the operator's back). Not "none" for
+	// wax.
+	ClientAuthentication string `yaml:"client_authentication"`
 	// BasicEncoding is "form" (RFC 6749 §2.3.1, the default) or "raw".
 	BasicEncoding string `yaml:"basic_encoding"`
 	// Scopes are asked for in the authorization URL (space-separated).
@@ -131,6 +154,9 @@ type flavor struct {
 	details map[string]string
 	// noPKCE: the upstream does not support PKCE.
 	noPKCE bool
+	// noPublic: the upstream documents no client without a secret (no
+	// client_authentication: none).
+	noPublic bool
 	// revokeForm builds the revocation request's form for a refresh token.
 	revokeForm func(refreshToken string) url.Values
 }
@@ -186,14 +212,35 @@ func (c *Config) problems(f flavor) []error {
 	case encoding == BasicRaw && strings.Contains(c.ClientID, ":"):
 		add("client_id", "must not contain ':' with basic_encoding %q", BasicRaw)
 	}
-	switch {
-	case c.DeviceSecret && !c.ClientSecret.IsZero():
+	switch c.ClientAuthentication {
+	case "", ClientAuthSecret, ClientAuthDevice, ClientAuthNone:
+		if c.DeviceSecret && c.ClientAuthentication != "" && c.ClientAuthentication != ClientAuthDevice {
+			add("device_secret", "must not be true with client_authentication: %s", c.ClientAuthentication)
+		}
+	default:
+		add("client_authentication", "must be %q, %q or %q, got %q", ClientAuthSecret, ClientAuthDevice, ClientAuthNone, c.ClientAuthentication)
+	}
+	switch mode := c.clientAuth(); {
+	case mode == ClientAuthNone && !c.ClientSecret.IsZero():
+		add("client_secret", "must not be set with client_authentication: none (a public client has no secret)")
+	case mode == ClientAuthDevice && !c.ClientSecret.IsZero():
 		add("client_secret", "must not be set with device_secret: true (a public client has no client secret)")
-	case !c.DeviceSecret && c.ClientSecret.IsZero():
-		add("client_secret", "required (file or env), unless device_secret: true")
-	case !c.DeviceSecret:
+	case mode == ClientAuthSecret && c.ClientSecret.IsZero():
+		add("client_secret", "required (file or env), unless device_secret: true or client_authentication: none")
+	case mode == ClientAuthSecret:
 		if err := c.ClientSecret.Validate(); err != nil {
 			add("client_secret", "%v", err)
+		}
+	}
+	if c.ClientAuthentication == ClientAuthNone {
+		switch {
+		case f.noPublic:
+			add("client_authentication", "%s documents no client without a secret: use device_secret: true (a random secret per grant)", f.name)
+		case !c.PKCE:
+			add("pkce", "must be true with client_authentication: none (PKCE S256 is what binds a public client's code to it)")
+		}
+		if c.BasicEncoding != "" {
+			add("basic_encoding", "has no effect with client_authentication: none (no HTTP Basic is sent)")
 		}
 	}
 	for i, s := range c.Scopes {
@@ -236,6 +283,18 @@ func (c *Config) problems(f flavor) []error {
 	return errs
 }
 
+// clientAuth returns the client authentication mode c selects, assuming it
+// is valid.
+func (c *Config) clientAuth() string {
+	switch {
+	case c.ClientAuthentication != "":
+		return c.ClientAuthentication
+	case c.DeviceSecret:
+		return ClientAuthDevice
+	}
+	return ClientAuthSecret
+}
+
 // Open validates the configuration, applies defaults, reads the client
 // secret through env.Secrets and returns the provider. It dials nothing.
 func (c *Config) Open(env providers.Env) (providers.Provider, error) {
@@ -246,8 +305,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if err := errors.Join(c.problems(f)...); err != nil {
 		return nil, err
 	}
+	mode := c.clientAuth()
 	var sec secret.Value
-	if !c.DeviceSecret {
+	if mode == ClientAuthSecret {
 		var err error
 		if sec, err = env.Secrets.Load(c.ClientSecret); err != nil {
 			return nil, fmt.Errorf("client_secret: %w", err)
@@ -260,6 +320,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	}
 	if encoding == BasicRaw {
 		style = tokenhttp.AuthBasicRaw
+	}
+	if mode == ClientAuthNone {
+		style = tokenhttp.AuthNone
 	}
 	authURL, _ := url.Parse(c.AuthorizeURL) // checked by problems
 	params := authURL.Query()
@@ -285,10 +348,7 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	details := map[string]string{"authorize_url": authURL.String(), "token_url": c.TokenURL, "client_authentication": "client_secret"}
-	if c.DeviceSecret {
-		details["client_authentication"] = "device_secret"
-	}
+	details := map[string]string{"authorize_url": authURL.String(), "token_url": c.TokenURL, "client_authentication": mode}
 	if c.RedirectURL != "" {
 		details["redirect_url"] = c.RedirectURL
 	}
@@ -314,7 +374,8 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		revokeForm:      f.revokeForm,
 		clientID:        c.ClientID,
 		clientSecret:    sec,
-		deviceMode:      c.DeviceSecret,
+		deviceMode:      mode == ClientAuthDevice,
+		public:          mode == ClientAuthNone,
 		style:           style,
 		scopes:          normalize(c.Scopes),
 		redirectURI:     redirectURI,
@@ -344,8 +405,10 @@ type provider struct {
 	clientID      string
 	clientSecret  secret.Value // zero in device-secret mode
 	deviceMode    bool
-	pkce          bool
-	style         tokenhttp.AuthStyle
+	// public: no secret; client_id goes in the form (style AuthNone).
+	public bool
+	pkce   bool
+	style  tokenhttp.AuthStyle
 	// scopes are the configured ones, sorted and unique; nil for none.
 	scopes          []string
 	redirectURI     string // sent with the exchange; "" for none
@@ -411,7 +474,7 @@ func (p *provider) Exchange(ctx context.Context, code, verifier string) (*provid
 	if p.pkce {
 		form.Set("code_verifier", verifier)
 	}
-	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(form, sec))
 	if err != nil {
 		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
 	}
@@ -449,7 +512,7 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 		sec = g.DeviceSecret
 	}
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken.Reveal()}}
-	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(form, sec))
 	if err != nil {
 		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
 	}
@@ -482,13 +545,20 @@ func (p *provider) Revoke(ctx context.Context, g *providers.Grant) error {
 		}
 		sec = g.DeviceSecret
 	}
-	if err := p.client.Revoke(ctx, p.revocationURL, p.revokeForm(g.RefreshToken.Reveal()), p.auth(sec)); err != nil {
+	form := p.revokeForm(g.RefreshToken.Reveal())
+	if err := p.client.Revoke(ctx, p.revocationURL, form, p.auth(form, sec)); err != nil {
 		return fmt.Errorf("%s: revoke: %w", p.name, err)
 	}
 	return nil
 }
 
-func (p *provider) auth(sec secret.Value) tokenhttp.Auth {
+// auth returns how a request with form authenticates with sec; a public
+// client's client_id is added to form instead (RFC 6749 §3.2.1).
+func (p *provider) auth(form url.Values, sec secret.Value) tokenhttp.Auth {
+	if p.public {
+		form.Set("client_id", p.clientID)
+		return tokenhttp.Auth{Style: tokenhttp.AuthNone}
+	}
 	return tokenhttp.Auth{Style: p.style, ClientID: p.clientID, Secret: sec}
 }
 

@@ -53,6 +53,8 @@ const WAXDefaultScope = "identity_basic"
 //   - scopes default to identity_basic;
 //   - redirect_url is informational: WAX fixes the redirect URI at client
 //     registration, so no redirect_uri parameter is ever sent;
+//   - client_authentication cannot be none: WAX's way for a client without
+//     a secret is device_secret;
 //   - duration and redirect_uri cannot be set in extra_authorize_params
 //     (mobile: "1" can).
 type WAXConfig struct {
@@ -114,6 +116,7 @@ func (c *WAXConfig) resolve() (Config, flavor, []error) {
 		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration", "code_challenge", "code_challenge_method"},
 		details:         map[string]string{},
 		noPKCE:          true,
+		noPublic:        true,
 		revokeForm:      waxRevokeForm,
 	}
 	if c.AuthorizeURL == "" && c.TokenURL == "" {
