@@ -38,6 +38,27 @@ type Refresher interface {
 	Refresh(ctx context.Context, req Request, g *Grant) (*Token, error)
 }
 
+// A Revoker is a Provider that can revoke a grant at its upstream
+// (RFC 7009), so that a deleted account's refresh token stops working there
+// too. Revoke asks the upstream to revoke g's refresh token, authenticating
+// the client as the token endpoint does (with g's device secret in
+// device-secret mode). It must be safe for concurrent use.
+//
+// Revoke returns nil when the upstream answered 2xx: RFC 7009 §2.2 answers
+// a token that was already invalid the same way, so nil means "not usable
+// any more", not "was live until now". A grant without a refresh token has
+// nothing the upstream could revoke: Revoke returns nil and sends nothing.
+// Errors wrap ErrRejected (with an *OAuthError when the upstream sent an
+// RFC 6749 §5.2 body, such as unsupported_token_type or invalid_client),
+// ErrUnavailable (unreachable, 5xx including RFC 7009's 503, 429), or
+// ErrNotSupported when the connection has no revocation endpoint. A
+// provider type whose upstream documents no revocation at all does not
+// implement Revoker; for the broker both mean the same: the grant can only
+// be forgotten locally.
+type Revoker interface {
+	Revoke(ctx context.Context, g *Grant) error
+}
+
 // An AccountBound Provider's configuration names the upstream account it
 // acts as (WX: the address of its key). The broker records that subject with
 // every token and grant it stores, and ignores stored ones made for another

@@ -18,13 +18,37 @@
 //     token. Tokens live 1800 s; a refresh token comes only when the code was
 //     issued with duration=permanent, and is replaced on each refresh when
 //     rotation is on.
-//   - POST /v1/revoke_token: token_type=refresh&token=<rt> drops the grant.
+//   - POST /v1/revoke_token: revokes a refresh token, authenticated as the
+//     token endpoint is. It takes WAX's form, token_type=refresh&token=<rt>,
+//     or RFC 7009's, token=<t> with an optional token_type_hint
+//     (refresh_token or access_token). Revoking a refresh token ends its
+//     grant and every access token issued from it (RFC 7009 §2.1); an
+//     unknown or already revoked token is answered 200 all the same
+//     (RFC 7009 §2.2). Revocations are counted and Revoked tells which
+//     refresh tokens went.
+//
+// The emulator approves on behalf of a person: the one named by the
+// authorization URL's login_hint parameter (OpenID Connect's name for it;
+// WAX ignores it), else the one SetUser named, else DefaultUser. Each code,
+// grant and token belongs to that person, and UserOf maps an access token
+// back to them, so a test can tell alice's token from bob's.
+//
+// With a refresh-token lifetime (Options.RefreshTokenLifetime,
+// SetRefreshTokenLifetime) a grant's refresh token dies when it has not been
+// used for that long: every token response of a permanent grant carries
+// refresh_token_expires_in, each refresh restarts the lifetime, and a
+// refresh after it is 400 invalid_grant.
 //
 // A client with a secret (Options.ClientSecret) must send it on every token
 // request. A public client (no ClientSecret) sends a device secret instead:
 // the one that redeemed a code is remembered with the grant, and every
 // refresh of that grant must send the same one (else 401 invalid_client,
 // counted in Counts.DeviceSecretMismatches).
+//
+// A public client (Options.PublicClient; RFC 6749 §2.1, RFC 8252), which
+// WAX itself does not have, keeps no secret of any kind: it sends client_id
+// in the form body and no Authorization header, and PKCE S256 is required.
+// With it the server stands in for a generic authorization server.
 //
 // All methods of a Server are safe for concurrent use.
 package waxemu
@@ -63,6 +87,10 @@ const (
 // DefaultScope is granted when the authorization URL names none.
 const DefaultScope = "identity_basic"
 
+// DefaultUser approves authorizations when neither login_hint nor SetUser
+// names someone.
+const DefaultUser = "user"
+
 // DefaultAllowedScopes may be asked for when Options.AllowedScopes is empty.
 func DefaultAllowedScopes() []string {
 	return []string{"identity", "identity_basic", "items", "trades"}
@@ -90,6 +118,14 @@ type Options struct {
 	// code_challenge on every authorization and the matching code_verifier
 	// at the exchange. Without it, PKCE parameters are refused.
 	PKCE bool
+	// PublicClient makes the client public with no secret at all:
+	// client_id in the body of every token and revocation request, no
+	// Authorization header, and PKCE required (PKCE is implied).
+	// ClientSecret must be empty.
+	PublicClient bool
+	// RefreshTokenLifetime is how long a refresh token lives unused; 0
+	// means for ever, and no refresh_token_expires_in is sent.
+	RefreshTokenLifetime time.Duration
 	// Now reads the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -117,6 +153,9 @@ type Counts struct {
 	// PKCEFailures counts exchanges whose code_verifier was missing or did
 	// not match the code's challenge.
 	PKCEFailures int
+	// RevokeRequests counts every request to /v1/revoke_token;
+	// Revocations those that revoked a live refresh or access token.
+	RevokeRequests, Revocations int
 }
 
 // A Server is the emulated WAX All Access; it is an http.Handler.
@@ -124,17 +163,21 @@ type Server struct {
 	clientID, clientSecret string
 	allowed                []string
 	pkce                   bool
+	public                 bool
 	now                    func() time.Time
 
 	mu          sync.Mutex
 	redirectURL string
 	deny        bool
 	rotate      bool
+	user        string
+	rtLifetime  time.Duration
 	counts      Counts
 	codes       map[string]*code
 	grants      map[string]*grant // refresh token → grant
-	tokens      map[string]time.Time
-	seen        []string // every code, token and device secret, for leak checks
+	tokens      map[string]*access
+	revoked     map[string]bool // refresh tokens revoked at /v1/revoke_token
+	seen        []string        // every code, token and device secret, for leak checks
 }
 
 type code struct {
@@ -143,11 +186,23 @@ type code struct {
 	expires   time.Time
 	used      bool
 	challenge string // RFC 7636 S256 code_challenge, with Options.PKCE
+	user      string
 }
 
 type grant struct {
 	scopes       string
 	deviceSecret string // "" for a secret-keeping client
+	// revoked: its refresh token was revoked, which ends its access tokens.
+	revoked bool
+	user    string
+	// refreshExpires is when the refresh token dies unused; zero: never.
+	refreshExpires time.Time
+}
+
+// access is an issued access token.
+type access struct {
+	expires time.Time
+	grant   *grant
 }
 
 // New returns a Server configured by opts; it approves every authorization
@@ -157,12 +212,16 @@ func New(opts Options) *Server {
 		clientID:     opts.ClientID,
 		clientSecret: opts.ClientSecret,
 		allowed:      slices.Clone(opts.AllowedScopes),
-		pkce:         opts.PKCE,
+		pkce:         opts.PKCE || opts.PublicClient,
+		public:       opts.PublicClient,
 		now:          opts.Now,
 		redirectURL:  opts.RedirectURL,
+		user:         DefaultUser,
+		rtLifetime:   opts.RefreshTokenLifetime,
 		codes:        map[string]*code{},
 		grants:       map[string]*grant{},
-		tokens:       map[string]time.Time{},
+		tokens:       map[string]*access{},
+		revoked:      map[string]bool{},
 	}
 	if len(s.allowed) == 0 {
 		s.allowed = DefaultAllowedScopes()
@@ -178,6 +237,37 @@ func (s *Server) SetRedirectURL(u string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.redirectURL = u
+}
+
+// SetUser names the person who approves authorizations that carry no
+// login_hint; "" restores DefaultUser.
+func (s *Server) SetUser(name string) {
+	if name == "" {
+		name = DefaultUser
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.user = name
+}
+
+// SetRefreshTokenLifetime changes the unused lifetime of refresh tokens from
+// their next issue or use on; 0 means for ever.
+func (s *Server) SetRefreshTokenLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rtLifetime = d
+}
+
+// UserOf returns the person an access token s issued was approved by, even
+// after it expired or was revoked; "" for a token s did not issue (or has
+// forgotten, long after it expired).
+func (s *Server) UserOf(accessToken string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.tokens[accessToken]; ok {
+		return a.grant.user
+	}
+	return ""
 }
 
 // SetApprove makes /v1/authorize approve (true, the default) or deny.
@@ -215,8 +305,15 @@ func (s *Server) Counts() Counts {
 func (s *Server) Valid(token string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	exp, ok := s.tokens[token]
-	return ok && s.now().Before(exp)
+	a, ok := s.tokens[token]
+	return ok && s.now().Before(a.expires) && !a.grant.revoked
+}
+
+// Revoked reports whether refreshToken was revoked at /v1/revoke_token.
+func (s *Server) Revoked(refreshToken string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.revoked[refreshToken]
 }
 
 // Secrets returns every code, access token and refresh token issued and
@@ -303,8 +400,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.mu.Lock()
-	deny, target := s.deny, s.redirectURL
+	deny, target, user := s.deny, s.redirectURL, s.user
 	s.mu.Unlock()
+	if q.Has("login_hint") {
+		user = q.Get("login_hint")
+	}
 	u, err := url.Parse(target)
 	if target == "" || err != nil {
 		http.Error(w, "the client has no usable redirect URL registered", http.StatusInternalServerError)
@@ -320,7 +420,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	} else {
 		c := random()
 		s.mu.Lock()
-		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime), challenge: challenge}
+		s.codes[c] = &code{scopes: scope, permanent: permanent, expires: s.now().Add(CodeLifetime), challenge: challenge, user: user}
 		s.seen = append(s.seen, c)
 		s.counts.Approved++
 		s.mu.Unlock()
@@ -372,17 +472,31 @@ func (s *Server) parseForm(w http.ResponseWriter, r *http.Request) (url.Values, 
 			return nil, false
 		}
 	}
-	if r.PostForm.Has("client_id") || r.PostForm.Has("client_secret") {
+	if r.PostForm.Has("client_secret") || (!s.public && r.PostForm.Has("client_id")) {
 		writeError(w, http.StatusBadRequest, "invalid_request", "client credentials are accepted only in HTTP Basic")
 		return nil, false
 	}
 	return r.PostForm, true
 }
 
+// deviceSecrets reports whether the client authenticates with a device
+// secret per grant.
+func (s *Server) deviceSecrets() bool { return s.clientSecret == "" && !s.public }
+
 // authenticate checks the raw Basic credentials (WAX does not form-decode
-// them) and returns the password: the client secret or a device secret. On
+// them) and returns the password: the client secret or a device secret. A
+// public client sends client_id in form instead, and no password. On
 // failure it writes 401 invalid_client and returns false.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, form url.Values) (string, bool) {
+	if s.public {
+		if r.Header.Get("Authorization") != "" || subtle.ConstantTimeCompare([]byte(form.Get("client_id")), []byte(s.clientID)) != 1 {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.invalidClientLocked(w, "a public client sends its client_id in the body and no Authorization header")
+			return "", false
+		}
+		return "", true
+	}
 	id, sec, basic := r.BasicAuth()
 	if !basic || id == "" || sec == "" || subtle.ConstantTimeCompare([]byte(id), []byte(s.clientID)) != 1 ||
 		(s.clientSecret != "" && subtle.ConstantTimeCompare([]byte(sec), []byte(s.clientSecret)) != 1) {
@@ -411,13 +525,13 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.counts.Refreshes++
 	}
 	s.mu.Unlock()
-	sec, ok := s.authenticate(w, r)
+	sec, ok := s.authenticate(w, r, form)
 	if !ok {
 		return
 	}
 	for k := range form {
 		switch k {
-		case "grant_type", "code", "refresh_token":
+		case "grant_type", "code", "refresh_token", "client_id":
 		case "code_verifier":
 			if s.pkce && gt == "authorization_code" {
 				break
@@ -472,8 +586,8 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 	if verifier != "" {
 		s.seen = append(s.seen, verifier)
 	}
-	g := &grant{scopes: cd.scopes}
-	if s.clientSecret == "" {
+	g := &grant{scopes: cd.scopes, user: cd.user}
+	if s.deviceSecrets() {
 		g.deviceSecret = sec
 		s.seen = append(s.seen, sec)
 	}
@@ -482,8 +596,9 @@ func (s *Server) exchange(w http.ResponseWriter, c, sec, verifier string) {
 		rt = random()
 		s.grants[rt] = g
 		s.seen = append(s.seen, rt)
+		s.startRefreshLifetimeLocked(g)
 	}
-	s.issueLocked(w, g.scopes, rt)
+	s.issueLocked(w, g, rt)
 }
 
 func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
@@ -494,15 +609,20 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.grants[rt]
+	if ok && !g.refreshExpires.IsZero() && !s.now().Before(g.refreshExpires) {
+		delete(s.grants, rt)
+		ok = false
+	}
 	if !ok {
 		s.invalidGrant(w, invalidGrantRefresh)
 		return
 	}
-	if s.clientSecret == "" && subtle.ConstantTimeCompare([]byte(sec), []byte(g.deviceSecret)) != 1 {
+	if s.deviceSecrets() && subtle.ConstantTimeCompare([]byte(sec), []byte(g.deviceSecret)) != 1 {
 		s.counts.DeviceSecretMismatches++
 		s.invalidClientLocked(w, "the device secret does not match the one this grant was issued to")
 		return
 	}
+	s.startRefreshLifetimeLocked(g)
 	newRT := ""
 	if s.rotate {
 		delete(s.grants, rt)
@@ -510,54 +630,90 @@ func (s *Server) refresh(w http.ResponseWriter, rt, sec string) {
 		s.grants[newRT] = g
 		s.seen = append(s.seen, newRT)
 	}
-	s.issueLocked(w, g.scopes, newRT)
+	s.issueLocked(w, g, newRT)
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.counts.RevokeRequests++
+	s.mu.Unlock()
 	form, ok := s.parseForm(w, r)
 	if !ok {
 		return
 	}
-	sec, ok := s.authenticate(w, r)
+	sec, ok := s.authenticate(w, r, form)
 	if !ok {
 		return
 	}
-	if form.Get("token_type") != "refresh" || form.Get("token") == "" {
-		writeError(w, http.StatusBadRequest, "invalid_request", "token_type=refresh and token are required")
+	for k := range form {
+		if k != "token" && k != "token_type" && k != "token_type_hint" && k != "client_id" {
+			writeError(w, http.StatusBadRequest, "invalid_request", "unsupported parameter "+strconv.Quote(k))
+			return
+		}
+	}
+	tok := form.Get("token")
+	switch {
+	case tok == "":
+		writeError(w, http.StatusBadRequest, "invalid_request", "token is required")
+		return
+	case form.Has("token_type") && form.Has("token_type_hint"):
+		writeError(w, http.StatusBadRequest, "invalid_request", "token_type (WAX) and token_type_hint (RFC 7009) are exclusive")
+		return
+	case form.Has("token_type") && form.Get("token_type") != "refresh":
+		writeError(w, http.StatusBadRequest, "unsupported_token_type", "token_type must be refresh")
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if g, ok := s.grants[form.Get("token")]; ok && (s.clientSecret != "" || g.deviceSecret == sec) {
-		delete(s.grants, form.Get("token"))
+	if g, ok := s.grants[tok]; ok && (s.clientSecret != "" || g.deviceSecret == sec) {
+		delete(s.grants, tok)
+		g.revoked = true
+		s.revoked[tok] = true
+		s.counts.Revocations++
+	} else if a, ok := s.tokens[tok]; ok && !form.Has("token_type") && (s.clientSecret != "" || a.grant.deviceSecret == sec) {
+		delete(s.tokens, tok)
+		s.counts.Revocations++
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
 }
 
-// issueLocked writes a token response; s.mu is held.
-func (s *Server) issueLocked(w http.ResponseWriter, scopes, rt string) {
+// issueLocked writes a token response for g; s.mu is held. rt is the
+// refresh token to send, "" for none.
+func (s *Server) issueLocked(w http.ResponseWriter, g *grant, rt string) {
 	at := random()
 	now := s.now()
 	if len(s.tokens) >= 4096 {
-		for t, exp := range s.tokens {
-			if !now.Before(exp) {
+		for t, a := range s.tokens {
+			if !now.Before(a.expires) {
 				delete(s.tokens, t)
 			}
 		}
 	}
-	s.tokens[at] = now.Add(TokenLifetime)
+	s.tokens[at] = &access{expires: now.Add(TokenLifetime), grant: g}
 	s.seen = append(s.seen, at)
 	s.counts.Issued++
 	resp := map[string]any{
 		"access_token": at,
 		"token_type":   "bearer",
 		"expires_in":   int64(TokenLifetime / time.Second),
-		"scope":        scopes,
+		"scope":        g.scopes,
 	}
 	if rt != "" {
 		resp["refresh_token"] = rt
 	}
+	if !g.refreshExpires.IsZero() {
+		resp["refresh_token_expires_in"] = int64(g.refreshExpires.Sub(now) / time.Second)
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// startRefreshLifetimeLocked (re)starts the unused lifetime of g's refresh
+// token; s.mu is held.
+func (s *Server) startRefreshLifetimeLocked(g *grant) {
+	g.refreshExpires = time.Time{}
+	if s.rtLifetime > 0 {
+		g.refreshExpires = s.now().Add(s.rtLifetime)
+	}
 }
 
 func (s *Server) invalidGrant(w http.ResponseWriter, desc string) {

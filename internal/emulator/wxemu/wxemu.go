@@ -33,6 +33,13 @@
 // documents say, or the seconds left, as the gateway was seen to send: see
 // SetExpiresIn.
 //
+// IssueAppTokens hands out a token pair the way the WX Network app does
+// ("Get Access Token in WX Network App" in specs/): an access token and its
+// refresh token for an address, without a signed password grant. The
+// refresh token is then redeemed at the token endpoint like any other, with
+// rotation when it is on. AddressOf maps an access token back to its
+// address.
+//
 // All methods of a Server are safe for concurrent use.
 package wxemu
 
@@ -168,7 +175,12 @@ type Server struct {
 	issued          map[string]int
 	reused          int
 	refresh         map[string]*refreshToken
-	access          map[string]time.Time // access token → expiry
+	access          map[string]issuedAccess
+}
+
+type issuedAccess struct {
+	expiry  time.Time
+	address string
 }
 
 // account is what a password grant established and its refresh tokens carry.
@@ -201,7 +213,7 @@ func New(opts Options) *Server {
 		counts:          make(map[string]int),
 		issued:          make(map[string]int),
 		refresh:         make(map[string]*refreshToken),
-		access:          make(map[string]time.Time),
+		access:          make(map[string]issuedAccess),
 	}
 	if s.chain == 0 {
 		s.chain = DefaultChain
@@ -308,8 +320,42 @@ func (s *Server) ReusedRefreshTokens() int {
 func (s *Server) Valid(accessToken string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	exp, ok := s.access[accessToken]
-	return ok && s.now().Before(exp)
+	a, ok := s.access[accessToken]
+	return ok && s.now().Before(a.expiry)
+}
+
+// AddressOf returns the address an access token s issued acts for, even
+// after it expired; "" for a token s did not issue (or has forgotten).
+func (s *Server) AddressOf(accessToken string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.access[accessToken].address
+}
+
+// GrantApp counts the token pairs IssueAppTokens handed out, for Issued.
+const GrantApp = "app"
+
+// AppTokens are what the WX Network app shows its user.
+type AppTokens struct {
+	AccessToken  string
+	RefreshToken string
+	// Expiry of the access token.
+	Expiry time.Time
+}
+
+// IssueAppTokens issues a token pair for address as the WX Network app
+// does, to client_id Options.ClientID. The access token lives lifetime (at
+// most Options.MaxLifetime; 0 means that maximum), the refresh token the
+// refresh-token lifetime. The address is taken as given: the app has
+// checked the user's key.
+func (s *Server) IssueAppTokens(address string, lifetime time.Duration) AppTokens {
+	if lifetime <= 0 || lifetime > s.maxLifetime {
+		lifetime = s.maxLifetime
+	}
+	acct := &account{clientID: s.clientID, publicKey: address, address: address, lifetime: lifetime}
+	exp := s.now().Add(lifetime)
+	resp := s.mint(GrantApp, acct, exp, "")
+	return AppTokens{AccessToken: resp["access_token"].(string), RefreshToken: resp["refresh_token"].(string), Expiry: exp}
 }
 
 // ServeHTTP answers token requests at TokenPath and 404 elsewhere.
@@ -486,6 +532,11 @@ func (s *Server) refreshGrant(w http.ResponseWriter, clientID, token string) {
 // issue writes a token response for acct with an access token expiring at
 // exp, and a new refresh token unless keep names the one to send back.
 func (s *Server) issue(w http.ResponseWriter, grantType string, acct *account, exp time.Time, keep string) {
+	writeJSON(w, http.StatusOK, s.mint(grantType, acct, exp, keep))
+}
+
+// mint issues the tokens issue writes and returns the response.
+func (s *Server) mint(grantType string, acct *account, exp time.Time, keep string) map[string]any {
 	s.mu.Lock()
 	now := s.now()
 	jwtExp := exp.Add(s.jwtOffset)
@@ -522,7 +573,7 @@ func (s *Server) issue(w http.ResponseWriter, grantType string, acct *account, e
 
 	s.mu.Lock()
 	s.prune(now)
-	s.access[access] = exp
+	s.access[access] = issuedAccess{expiry: exp, address: acct.address}
 	if keep == "" {
 		s.refresh[refresh] = &refreshToken{acct: acct, expiry: refreshExp}
 	}
@@ -541,7 +592,7 @@ func (s *Server) issue(w http.ResponseWriter, grantType string, acct *account, e
 	case Relative:
 		resp["expires_in"] = max(int64(expiresAt.Sub(now)/time.Second), 0)
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return resp
 }
 
 // prune drops expired tokens once the maps are large. Called with s.mu held.
@@ -554,8 +605,8 @@ func (s *Server) prune(now time.Time) {
 		}
 	}
 	if len(s.access) >= maxRefreshTokens {
-		for t, exp := range s.access {
-			if !now.Before(exp) {
+		for t, a := range s.access {
+			if !now.Before(a.expiry) {
 				delete(s.access, t)
 			}
 		}

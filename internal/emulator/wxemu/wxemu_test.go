@@ -525,3 +525,41 @@ func TestConcurrentRequests(t *testing.T) {
 		t.Errorf("Count(password), Count(refresh_token), Issued(refresh_token) = %s; want %s", got, want)
 	}
 }
+
+// TestAppTokens: a pair issued as the WX Network app does is refreshed at
+// the token endpoint like any other, with rotation, and its access tokens
+// map back to the address.
+func TestAppTokens(t *testing.T) {
+	f := newFixture(t, wxemu.Options{Rotation: true})
+	const addr = "3PAppUserAddressForTests"
+	app := f.emu.IssueAppTokens(addr, time.Hour)
+	if !app.Expiry.Equal(start.Add(time.Hour)) {
+		t.Errorf("IssueAppTokens().Expiry = %v; want %v", app.Expiry, start.Add(time.Hour))
+	}
+	if !f.emu.Valid(app.AccessToken) || f.emu.AddressOf(app.AccessToken) != addr {
+		t.Errorf("app access token: Valid = %v, AddressOf = %q; want true, %q", f.emu.Valid(app.AccessToken), f.emu.AddressOf(app.AccessToken), addr)
+	}
+	if got := f.emu.Issued(wxemu.GrantApp); got != 1 {
+		t.Errorf("Issued(GrantApp) = %d; want 1", got)
+	}
+	f.clk.Advance(2 * time.Hour)
+	r := postForm(t, f.url, refreshForm(app.RefreshToken))
+	if r.status != http.StatusOK {
+		t.Fatalf("refresh of the app's refresh token: %d %v", r.status, r.body)
+	}
+	if rt := r.str("refresh_token"); rt == "" || rt == app.RefreshToken {
+		t.Errorf("refresh did not rotate the refresh token")
+	}
+	if at := r.str("access_token"); !f.emu.Valid(at) || f.emu.AddressOf(at) != addr {
+		t.Errorf("refreshed access token: Valid = %v, AddressOf = %q; want true, %q", f.emu.Valid(at), f.emu.AddressOf(at), addr)
+	}
+	if exp := claimTime(t, r.str("access_token"), "exp"); !exp.Equal(f.clk.Now().Add(time.Hour)) {
+		t.Errorf("refreshed access token exp = %v; want the app token's lifetime from now", exp)
+	}
+	if r := postForm(t, f.url, refreshForm(app.RefreshToken)); r.status != http.StatusBadRequest || r.str("error") != "invalid_grant" {
+		t.Errorf("reusing the rotated app refresh token: %d %v; want 400 invalid_grant", r.status, r.str("error"))
+	}
+	if got := f.emu.IssueAppTokens(addr, 0).Expiry; !got.Equal(f.clk.Now().Add(wxemu.DefaultMaxLifetime)) {
+		t.Errorf("IssueAppTokens(lifetime 0).Expiry = %v; want the maximum lifetime from now", got)
+	}
+}

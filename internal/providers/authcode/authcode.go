@@ -7,12 +7,16 @@
 // and sandbox endpoints, duration=permanent, default scope identity_basic,
 // no redirect_uri parameter, and raw HTTP Basic.
 //
-// The client authenticates to the token endpoint with HTTP Basic only, either
+// The client authenticates to the token endpoint with HTTP Basic, either
 // with a client secret or, for clients that cannot keep one, with a "device
 // secret" made at random for each grant (device_secret: true). The device
 // secret is returned in the grant, which the broker stores, and is sent again
 // on every refresh of that grant. Basic credentials are sent raw (RFC 7617,
-// as WAX clients do) or form-encoded (RFC 6749 §2.3.1).
+// as WAX clients do) or form-encoded (RFC 6749 §2.3.1). A generic connection
+// may instead be a public client with no secret at all
+// (client_authentication: none, RFC 8252 §8.5): it sends client_id in the
+// form body and must use PKCE S256, which then is what binds the code to
+// the broker. WAX documents no such client, so wax refuses it.
 //
 // A refresh never sends a scope parameter, so a grant never narrows: the
 // token covers every granted scope. A request for scopes outside the granted
@@ -57,6 +61,17 @@ const (
 	BasicForm = "form"
 )
 
+// Values of Config.ClientAuthentication.
+const (
+	// ClientAuthSecret: HTTP Basic with client_secret (the default).
+	ClientAuthSecret = "client_secret"
+	// ClientAuthDevice: HTTP Basic with a random secret per grant; the same
+	// as device_secret: true.
+	ClientAuthDevice = "device_secret"
+	// ClientAuthNone: a public client; client_id in the body, PKCE required.
+	ClientAuthNone = "none"
+)
+
 // DeviceSecretBytes is the number of random bytes in a device secret.
 const DeviceSecretBytes = 32
 
@@ -68,6 +83,12 @@ type Config struct {
 	AuthorizeURL string `yaml:"authorize_url"`
 	// TokenURL is the absolute http(s) URL of the token endpoint. Required.
 	TokenURL string `yaml:"token_url"`
+	// RevocationURL is the absolute http(s) URL of the upstream's RFC 7009
+	// revocation endpoint, used when an account is deleted with
+	// revoke_upstream. Optional: without it the provider's Revoke fails
+	// with providers.ErrNotSupported. The client authenticates as it does
+	// to the token endpoint.
+	RevocationURL string `yaml:"revocation_url"`
 	// ClientID is the OAuth client id. Required.
 	ClientID string `yaml:"client_id"`
 	// ClientSecret names the file or environment variable holding the
@@ -77,6 +98,14 @@ type Config struct {
 	// device secret, used as the Basic password for the code exchange and
 	// every refresh of that grant.
 	DeviceSecret bool `yaml:"device_secret"`
+	// ClientAuthentication is "client_secret" (the default without
+	// device_secret), "device_secret" (the default with device_secret:
+	// true; setting it is the same as device_secret: true) or "none": a
+	// public client with no secret, which sends client_id in the body and
+	// requires pkce: true (the configuration is refused without it, rather
+	// than PKCE being turned on behind the operator's back). Not "none" for
+	// wax.
+	ClientAuthentication string `yaml:"client_authentication"`
 	// BasicEncoding is "form" (RFC 6749 §2.3.1, the default) or "raw".
 	BasicEncoding string `yaml:"basic_encoding"`
 	// Scopes are asked for in the authorization URL (space-separated).
@@ -125,6 +154,16 @@ type flavor struct {
 	details map[string]string
 	// noPKCE: the upstream does not support PKCE.
 	noPKCE bool
+	// noPublic: the upstream documents no client without a secret (no
+	// client_authentication: none).
+	noPublic bool
+	// revokeForm builds the revocation request's form for a refresh token.
+	revokeForm func(refreshToken string) url.Values
+}
+
+// rfc7009Form is RFC 7009 §2.1's request: the token and its type hint.
+func rfc7009Form(rt string) url.Values {
+	return url.Values{"token": {rt}, "token_type_hint": {"refresh_token"}}
 }
 
 var genericFlavor = flavor{
@@ -132,6 +171,7 @@ var genericFlavor = flavor{
 	defaultEncoding: BasicForm,
 	sendRedirectURI: true,
 	reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "code_challenge", "code_challenge_method"},
+	revokeForm:      rfc7009Form,
 }
 
 // Validate reports every problem at once, each prefixed with its YAML key.
@@ -153,6 +193,11 @@ func (c *Config) problems(f flavor) []error {
 			add(u.key, "%v", err)
 		}
 	}
+	if c.RevocationURL != "" {
+		if err := providers.CheckEndpointURL(c.RevocationURL); err != nil {
+			add("revocation_url", "%v", err)
+		}
+	}
 	encoding := c.BasicEncoding
 	switch encoding {
 	case "":
@@ -167,14 +212,35 @@ func (c *Config) problems(f flavor) []error {
 	case encoding == BasicRaw && strings.Contains(c.ClientID, ":"):
 		add("client_id", "must not contain ':' with basic_encoding %q", BasicRaw)
 	}
-	switch {
-	case c.DeviceSecret && !c.ClientSecret.IsZero():
+	switch c.ClientAuthentication {
+	case "", ClientAuthSecret, ClientAuthDevice, ClientAuthNone:
+		if c.DeviceSecret && c.ClientAuthentication != "" && c.ClientAuthentication != ClientAuthDevice {
+			add("device_secret", "must not be true with client_authentication: %s", c.ClientAuthentication)
+		}
+	default:
+		add("client_authentication", "must be %q, %q or %q, got %q", ClientAuthSecret, ClientAuthDevice, ClientAuthNone, c.ClientAuthentication)
+	}
+	switch mode := c.clientAuth(); {
+	case mode == ClientAuthNone && !c.ClientSecret.IsZero():
+		add("client_secret", "must not be set with client_authentication: none (a public client has no secret)")
+	case mode == ClientAuthDevice && !c.ClientSecret.IsZero():
 		add("client_secret", "must not be set with device_secret: true (a public client has no client secret)")
-	case !c.DeviceSecret && c.ClientSecret.IsZero():
-		add("client_secret", "required (file or env), unless device_secret: true")
-	case !c.DeviceSecret:
+	case mode == ClientAuthSecret && c.ClientSecret.IsZero():
+		add("client_secret", "required (file or env), unless device_secret: true or client_authentication: none")
+	case mode == ClientAuthSecret:
 		if err := c.ClientSecret.Validate(); err != nil {
 			add("client_secret", "%v", err)
+		}
+	}
+	if c.ClientAuthentication == ClientAuthNone {
+		switch {
+		case f.noPublic:
+			add("client_authentication", "%s documents no client without a secret: use device_secret: true (a random secret per grant)", f.name)
+		case !c.PKCE:
+			add("pkce", "must be true with client_authentication: none (PKCE S256 is what binds a public client's code to it)")
+		}
+		if c.BasicEncoding != "" {
+			add("basic_encoding", "has no effect with client_authentication: none (no HTTP Basic is sent)")
 		}
 	}
 	for i, s := range c.Scopes {
@@ -217,6 +283,18 @@ func (c *Config) problems(f flavor) []error {
 	return errs
 }
 
+// clientAuth returns the client authentication mode c selects, assuming it
+// is valid.
+func (c *Config) clientAuth() string {
+	switch {
+	case c.ClientAuthentication != "":
+		return c.ClientAuthentication
+	case c.DeviceSecret:
+		return ClientAuthDevice
+	}
+	return ClientAuthSecret
+}
+
 // Open validates the configuration, applies defaults, reads the client
 // secret through env.Secrets and returns the provider. It dials nothing.
 func (c *Config) Open(env providers.Env) (providers.Provider, error) {
@@ -227,8 +305,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if err := errors.Join(c.problems(f)...); err != nil {
 		return nil, err
 	}
+	mode := c.clientAuth()
 	var sec secret.Value
-	if !c.DeviceSecret {
+	if mode == ClientAuthSecret {
 		var err error
 		if sec, err = env.Secrets.Load(c.ClientSecret); err != nil {
 			return nil, fmt.Errorf("client_secret: %w", err)
@@ -241,6 +320,9 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	}
 	if encoding == BasicRaw {
 		style = tokenhttp.AuthBasicRaw
+	}
+	if mode == ClientAuthNone {
+		style = tokenhttp.AuthNone
 	}
 	authURL, _ := url.Parse(c.AuthorizeURL) // checked by problems
 	params := authURL.Query()
@@ -266,12 +348,12 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	details := map[string]string{"authorize_url": authURL.String(), "token_url": c.TokenURL, "client_authentication": "client_secret"}
-	if c.DeviceSecret {
-		details["client_authentication"] = "device_secret"
-	}
+	details := map[string]string{"authorize_url": authURL.String(), "token_url": c.TokenURL, "client_authentication": mode}
 	if c.RedirectURL != "" {
 		details["redirect_url"] = c.RedirectURL
+	}
+	if c.RevocationURL != "" {
+		details["revocation_url"] = c.RevocationURL
 	}
 	if c.PKCE {
 		details["pkce"] = "S256"
@@ -288,9 +370,12 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 		authURL:         authURL,
 		authParams:      params,
 		tokenURL:        c.TokenURL,
+		revocationURL:   c.RevocationURL,
+		revokeForm:      f.revokeForm,
 		clientID:        c.ClientID,
 		clientSecret:    sec,
-		deviceMode:      c.DeviceSecret,
+		deviceMode:      mode == ClientAuthDevice,
+		public:          mode == ClientAuthNone,
 		style:           style,
 		scopes:          normalize(c.Scopes),
 		redirectURI:     redirectURI,
@@ -310,15 +395,20 @@ func (c *Config) open(env providers.Env, f flavor) (*provider, error) {
 
 // provider is safe for concurrent use: nothing in it changes after Open.
 type provider struct {
-	name         string
-	authURL      *url.URL   // without query
-	authParams   url.Values // every parameter but state
-	tokenURL     string
-	clientID     string
-	clientSecret secret.Value // zero in device-secret mode
-	deviceMode   bool
-	pkce         bool
-	style        tokenhttp.AuthStyle
+	name       string
+	authURL    *url.URL   // without query
+	authParams url.Values // every parameter but state
+	tokenURL   string
+	// revocationURL is "" when the connection has none.
+	revocationURL string
+	revokeForm    func(refreshToken string) url.Values
+	clientID      string
+	clientSecret  secret.Value // zero in device-secret mode
+	deviceMode    bool
+	// public: no secret; client_id goes in the form (style AuthNone).
+	public bool
+	pkce   bool
+	style  tokenhttp.AuthStyle
 	// scopes are the configured ones, sorted and unique; nil for none.
 	scopes          []string
 	redirectURI     string // sent with the exchange; "" for none
@@ -333,6 +423,7 @@ var (
 	_ providers.Refresher  = (*provider)(nil)
 	_ providers.Authorizer = (*provider)(nil)
 	_ providers.Describer  = (*provider)(nil)
+	_ providers.Revoker    = (*provider)(nil)
 )
 
 // Token always fails with providers.ErrNeedsAuthorization: a token comes
@@ -383,7 +474,7 @@ func (p *provider) Exchange(ctx context.Context, code, verifier string) (*provid
 	if p.pkce {
 		form.Set("code_verifier", verifier)
 	}
-	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(form, sec))
 	if err != nil {
 		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
 	}
@@ -421,7 +512,7 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 		sec = g.DeviceSecret
 	}
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken.Reveal()}}
-	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(sec))
+	resp, err := p.client.Post(ctx, p.tokenURL, form, p.auth(form, sec))
 	if err != nil {
 		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
 	}
@@ -437,7 +528,37 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 	return t, nil
 }
 
-func (p *provider) auth(sec secret.Value) tokenhttp.Auth {
+// Revoke asks the revocation endpoint to revoke g's refresh token
+// (RFC 7009), authenticated like a refresh: with g's device secret in
+// device-secret mode.
+func (p *provider) Revoke(ctx context.Context, g *providers.Grant) error {
+	if p.revocationURL == "" {
+		return fmt.Errorf("%s: revoke: %w: the connection has no revocation_url", p.name, providers.ErrNotSupported)
+	}
+	if g == nil || g.RefreshToken.IsZero() {
+		return nil
+	}
+	sec := p.clientSecret
+	if p.deviceMode {
+		if g.DeviceSecret.IsZero() {
+			return fmt.Errorf("%s: revoke: the grant has no device secret to authenticate with", p.name)
+		}
+		sec = g.DeviceSecret
+	}
+	form := p.revokeForm(g.RefreshToken.Reveal())
+	if err := p.client.Revoke(ctx, p.revocationURL, form, p.auth(form, sec)); err != nil {
+		return fmt.Errorf("%s: revoke: %w", p.name, err)
+	}
+	return nil
+}
+
+// auth returns how a request with form authenticates with sec; a public
+// client's client_id is added to form instead (RFC 6749 §3.2.1).
+func (p *provider) auth(form url.Values, sec secret.Value) tokenhttp.Auth {
+	if p.public {
+		form.Set("client_id", p.clientID)
+		return tokenhttp.Auth{Style: tokenhttp.AuthNone}
+	}
 	return tokenhttp.Auth{Style: p.style, ClientID: p.clientID, Secret: sec}
 }
 

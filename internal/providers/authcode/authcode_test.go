@@ -66,6 +66,25 @@ func TestValidate(t *testing.T) {
 		{"bad urls", generic(func(c *authcode.Config) {
 			c.AuthorizeURL, c.TokenURL, c.RedirectURL = "ftp://x/", "https://u:p@x/", "/relative"
 		}), []string{"authorize_url: must be an absolute http", "token_url: must not contain credentials", "redirect_url: must be an absolute http"}},
+		{"public client ok", generic(func(c *authcode.Config) {
+			c.ClientSecret, c.ClientAuthentication, c.PKCE = secret.Ref{}, authcode.ClientAuthNone, true
+		}), nil},
+		{"device_secret spelled as client_authentication ok", generic(func(c *authcode.Config) {
+			c.ClientSecret, c.ClientAuthentication = secret.Ref{}, authcode.ClientAuthDevice
+		}), nil},
+		{"public client without pkce, with a secret and basic_encoding", generic(func(c *authcode.Config) {
+			c.ClientAuthentication, c.BasicEncoding = authcode.ClientAuthNone, authcode.BasicForm
+		}), []string{"client_secret: must not be set with client_authentication: none", "pkce: must be true with client_authentication: none",
+			"basic_encoding: has no effect with client_authentication: none"}},
+		{"public client with device_secret", generic(func(c *authcode.Config) {
+			c.ClientSecret, c.ClientAuthentication, c.PKCE, c.DeviceSecret = secret.Ref{}, authcode.ClientAuthNone, true, true
+		}), []string{"device_secret: must not be true with client_authentication: none"}},
+		{"unknown client_authentication", generic(func(c *authcode.Config) { c.ClientAuthentication = "private_key_jwt" }),
+			[]string{`client_authentication: must be "client_secret", "device_secret" or "none", got "private_key_jwt"`}},
+		{"wax public client", wax(func(c *authcode.WAXConfig) { c.ClientSecret, c.ClientAuthentication = secret.Ref{}, authcode.ClientAuthNone }),
+			[]string{"client_authentication: wax documents no client without a secret: use device_secret: true"}},
+		{"bad revocation url", generic(func(c *authcode.Config) { c.RevocationURL = "http://as.example/revoke" }),
+			[]string{"revocation_url: must be https"}},
 		{"bad encoding", generic(func(c *authcode.Config) { c.BasicEncoding = "base64" }), []string{`basic_encoding: must be "raw" or "form"`}},
 		{"colon in raw client id", generic(func(c *authcode.Config) { c.BasicEncoding = "raw"; c.ClientID = "a:b" }), []string{"client_id: must not contain ':'"}},
 		{"reserved params", generic(func(c *authcode.Config) {
@@ -467,7 +486,8 @@ func TestDescribe(t *testing.T) {
 	}{
 		{"wax sandbox", &authcode.WAXConfig{Environment: "sandbox", Config: authcode.Config{ClientID: clientID, DeviceSecret: true}},
 			map[string]string{"environment": "sandbox", "duration": "permanent", "client_authentication": "device_secret",
-				"authorize_url": authcode.WAXSandboxAuthorizeURL, "token_url": authcode.WAXSandboxTokenURL}},
+				"authorize_url": authcode.WAXSandboxAuthorizeURL, "token_url": authcode.WAXSandboxTokenURL,
+				"revocation_url": authcode.WAXSandboxRevocationURL}},
 		{"wax at an emulator", &authcode.WAXConfig{Duration: "temporary", Config: authcode.Config{ClientID: clientID, ClientSecret: ref,
 			AuthorizeURL: "http://127.0.0.1:1/v1/authorize", TokenURL: "http://127.0.0.1:1/v1/access_token", RedirectURL: "https://b.example/oauth2/callback"}},
 			map[string]string{"duration": "temporary", "client_authentication": "client_secret", "redirect_url": "https://b.example/oauth2/callback",

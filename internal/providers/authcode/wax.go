@@ -3,6 +3,7 @@ package authcode
 import (
 	"errors"
 	"fmt"
+	"net/url"
 
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 )
@@ -13,7 +14,16 @@ const (
 	WAXProductionTokenURL     = "https://oauth.opskins.com/v1/access_token"
 	WAXSandboxAuthorizeURL    = "https://oauth.wax-sandbox.com/v1/authorize"
 	WAXSandboxTokenURL        = "https://oauth.wax-sandbox.com/v1/access_token"
+	// The revocation endpoints are not in the WAX page in specs/; public
+	// WAX clients use them (PROTOCOLS.md §2), with WAX's own form.
+	WAXProductionRevocationURL = "https://oauth.opskins.com/v1/revoke_token"
+	WAXSandboxRevocationURL    = "https://oauth.wax-sandbox.com/v1/revoke_token"
 )
+
+// waxRevokeForm is WAX's revocation request, not RFC 7009's.
+func waxRevokeForm(rt string) url.Values {
+	return url.Values{"token_type": {"refresh"}, "token": {rt}}
+}
 
 // Values of WAXConfig.Environment and WAXConfig.Duration.
 const (
@@ -34,10 +44,17 @@ const WAXDefaultScope = "identity_basic"
 //
 //   - authorize_url and token_url default to the environment's endpoints
 //     (set them only to point at an emulator or a proxy);
+//   - revocation_url defaults to the environment's /v1/revoke_token when
+//     token_url is not set (pointing token_url elsewhere drops the default,
+//     so a grant from an emulator is never sent to the real WAX), and the
+//     revocation request is WAX's token_type=refresh&token=<refresh token>
+//     rather than RFC 7009's token_type_hint;
 //   - basic_encoding defaults to raw, as WAX clients send it;
 //   - scopes default to identity_basic;
 //   - redirect_url is informational: WAX fixes the redirect URI at client
 //     registration, so no redirect_uri parameter is ever sent;
+//   - client_authentication cannot be none: WAX's way for a client without
+//     a secret is device_secret;
 //   - duration and redirect_uri cannot be set in extra_authorize_params
 //     (mobile: "1" can).
 type WAXConfig struct {
@@ -73,11 +90,11 @@ func (c *WAXConfig) Open(env providers.Env) (providers.Provider, error) {
 func (c *WAXConfig) resolve() (Config, flavor, []error) {
 	var errs []error
 	g := c.Config
-	authorize, token := WAXProductionAuthorizeURL, WAXProductionTokenURL
+	authorize, token, revocation := WAXProductionAuthorizeURL, WAXProductionTokenURL, WAXProductionRevocationURL
 	switch c.Environment {
 	case "", WAXProduction:
 	case WAXSandbox:
-		authorize, token = WAXSandboxAuthorizeURL, WAXSandboxTokenURL
+		authorize, token, revocation = WAXSandboxAuthorizeURL, WAXSandboxTokenURL, WAXSandboxRevocationURL
 	default:
 		errs = append(errs, fmt.Errorf("environment: must be %q or %q, got %q", WAXProduction, WAXSandbox, c.Environment))
 	}
@@ -86,6 +103,9 @@ func (c *WAXConfig) resolve() (Config, flavor, []error) {
 	}
 	if g.TokenURL == "" {
 		g.TokenURL = token
+		if g.RevocationURL == "" {
+			g.RevocationURL = revocation
+		}
 	}
 	if len(g.Scopes) == 0 {
 		g.Scopes = []string{WAXDefaultScope}
@@ -96,6 +116,8 @@ func (c *WAXConfig) resolve() (Config, flavor, []error) {
 		reserved:        []string{"client_id", "response_type", "state", "scope", "redirect_uri", "duration", "code_challenge", "code_challenge_method"},
 		details:         map[string]string{},
 		noPKCE:          true,
+		noPublic:        true,
+		revokeForm:      waxRevokeForm,
 	}
 	if c.AuthorizeURL == "" && c.TokenURL == "" {
 		// With either overridden, the environment says nothing true.

@@ -229,6 +229,37 @@ var secretFields = []string{
 // modified. The request carries Content-Type
 // application/x-www-form-urlencoded and Accept application/json.
 func (c *Client) Post(ctx context.Context, tokenURL string, form url.Values, auth Auth) (*Response, error) {
+	a, err := c.send(ctx, tokenURL, form, auth)
+	if err != nil {
+		return nil, err
+	}
+	return parseSuccess(a.sent, a.status, a.data, c.DefaultTokenType)
+}
+
+// Revoke sends form to revocationURL as an RFC 7009 §2.1 revocation request
+// (the caller builds the form: token and token_type_hint, or an upstream's
+// own fields), authenticated as auth says. Any 2xx is success, whatever its
+// body (RFC 7009 §2.2: the body is ignored). Errors are classified as for
+// Post: 5xx (RFC 7009 §2.2.1's 503 included) and 429 are a *StatusError, a
+// 4xx with an RFC 6749 §5.2 body (unsupported_token_type, invalid_client, …)
+// is a *providers.OAuthError, a redirect or another 4xx wraps
+// providers.ErrRejected, a transport failure providers.ErrUnavailable.
+func (c *Client) Revoke(ctx context.Context, revocationURL string, form url.Values, auth Auth) error {
+	_, err := c.send(ctx, revocationURL, form, auth)
+	return err
+}
+
+// answer is a response that is not an error by its status: 2xx, with its
+// body read (at most MaxResponseBytes).
+type answer struct {
+	sent   time.Time
+	status int
+	data   []byte
+}
+
+// send posts form, authenticated as auth says, and classifies every answer
+// but a 2xx.
+func (c *Client) send(ctx context.Context, endpoint string, form url.Values, auth Auth) (*answer, error) {
 	body := cloneValues(form)
 	var basicUser, basicPass string
 	useBasic := false
@@ -265,7 +296,7 @@ func (c *Client) Post(ctx context.Context, tokenURL string, form url.Values, aut
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(body.Encode()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(body.Encode()))
 	if err != nil {
 		return nil, fmt.Errorf("tokenhttp: build request: %w", err)
 	}
@@ -301,10 +332,10 @@ func (c *Client) Post(ctx context.Context, tokenURL string, form url.Values, aut
 	case st >= 400:
 		return nil, rejected(st, data, scrubList(body, auth, basicUser, basicPass))
 	case st >= 300:
-		return nil, fmt.Errorf("%w: HTTP %d redirect%s not followed: check the token URL",
+		return nil, fmt.Errorf("%w: HTTP %d redirect%s not followed: check the endpoint URL",
 			providers.ErrRejected, st, redirectTarget(resp.Header.Get(hiddenLocation), scrubList(body, auth, basicUser, basicPass)))
 	case st >= 200:
-		return parseSuccess(sent, st, data, c.DefaultTokenType)
+		return &answer{sent: sent, status: st, data: data}, nil
 	default:
 		return nil, fmt.Errorf("%w: unexpected HTTP %d", providers.ErrInvalidResponse, st)
 	}

@@ -763,3 +763,60 @@ func TestResponseChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestRevoke: a revocation request is an authenticated form POST like a
+// token request; any 2xx is success whatever the body, and failures are
+// classified as Post's are.
+func TestRevoke(t *testing.T) {
+	tests := []struct {
+		name    string
+		h       http.HandlerFunc
+		wantIs  error // nil: success
+		wantErr string
+	}{
+		{name: "200 empty", h: answer(200, "")},
+		{name: "200 WAX body", h: answer(200, `{"success":true}`)},
+		{name: "204 non-JSON", h: answer(204, "")},
+		{name: "unsupported_token_type", h: answer(400, `{"error":"unsupported_token_type"}`),
+			wantIs: providers.ErrRejected, wantErr: "unsupported_token_type"},
+		{name: "invalid_client", h: answer(401, `{"error":"invalid_client","error_description":"no"}`),
+			wantIs: providers.ErrRejected, wantErr: "invalid_client"},
+		{name: "503", h: answer(503, "", "Retry-After", "3"), wantIs: providers.ErrUnavailable, wantErr: "HTTP 503"},
+		{name: "404 HTML", h: answer(404, "<html>"), wantIs: providers.ErrRejected, wantErr: "HTTP 404"},
+		{name: "redirect", h: answer(302, "", "Location", "https://elsewhere.example/revoke"),
+			wantIs: providers.ErrRejected, wantErr: "not followed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got url.Values
+			var gotUser, gotPass string
+			u := upstream(t, func(w http.ResponseWriter, r *http.Request) {
+				_ = r.ParseForm()
+				got = r.PostForm
+				gotUser, gotPass, _ = r.BasicAuth()
+				tt.h(w, r)
+			})
+			c := &tokenhttp.Client{Now: clock()}
+			form := url.Values{"token": {"rt-1"}, "token_type_hint": {"refresh_token"}}
+			err := c.Revoke(context.Background(), u, form, tokenhttp.Auth{Style: tokenhttp.AuthBasicRaw, ClientID: "id", Secret: secret.New("pw")})
+			if diff := cmp.Diff(form, got); diff != "" {
+				t.Errorf("form sent mismatch (-want +got):\n%s", diff)
+			}
+			if gotUser != "id" || gotPass != "pw" {
+				t.Errorf("Basic credentials not sent as configured")
+			}
+			if tt.wantIs == nil {
+				if err != nil {
+					t.Fatalf("Revoke() = %v; want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantIs) || !strings.Contains(fmt.Sprint(err), tt.wantErr) {
+				t.Fatalf("Revoke() = %v; want %v containing %q", err, tt.wantIs, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "rt-1") {
+				t.Errorf("Revoke() error quotes the token")
+			}
+		})
+	}
+}

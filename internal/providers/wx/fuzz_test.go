@@ -110,7 +110,7 @@ func FuzzDecode(f *testing.F) {
 			resp.ExpiresIn = &n
 		}
 
-		p := &provider{now: func() time.Time { return now }}
+		p := &refresher{now: func() time.Time { return now }}
 		tok, err := p.decode(resp, signed)
 		if err != nil {
 			if !errors.Is(err, providers.ErrInvalidResponse) {

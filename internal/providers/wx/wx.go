@@ -9,6 +9,13 @@
 // (invalid_grant) or past its JWT exp, the broker runs the signed password
 // grant again; the provider itself never falls back.
 //
+// A connection may also hold no key at all (credentials: imported), for
+// users who get their tokens from the WX Network app instead of handing
+// over a seed ("Get Access Token in WX Network App" in specs/): its grants
+// are imported, and it only refreshes them. Its Token always fails with
+// providers.ErrNeedsAuthorization, and it is not AccountBound: with no key
+// there is no address to bind grants to.
+//
 // The response is decoded here rather than by golang.org/x/oauth2, because
 // its expires_in may be an absolute Unix time: a value above 10^9 is read as
 // one, anything else as seconds left. The expiry is cross-checked with the
@@ -65,6 +72,10 @@ const (
 // ordinary clock drift and costs 0.05% of the lifetime.
 const LifetimeMargin = 5 * time.Minute
 
+// CredentialsImported is the value of Config.Credentials for a connection
+// without a key.
+const CredentialsImported = "imported"
+
 // Scope is the only scope the gateway knows.
 const Scope = "general"
 
@@ -91,13 +102,17 @@ type Config struct {
 	ChainID string `yaml:"chain_id"`
 	// Seed names the file or environment variable holding the account's
 	// seed phrase, used exactly as stored (less one trailing newline).
-	// Exactly one of Seed and PrivateKey is required.
+	// Exactly one of Seed, PrivateKey and Credentials is required.
 	Seed secret.Ref `yaml:"seed"`
 	// Nonce is the account number derived from Seed (default 0).
 	Nonce int64 `yaml:"nonce"`
 	// PrivateKey names the file or environment variable holding the
 	// account's base58 private key.
 	PrivateKey secret.Ref `yaml:"private_key"`
+	// Credentials "imported" makes a connection without a key: its grants
+	// (a refresh token from the WX Network app) are imported, and it only
+	// refreshes them; chain_id, nonce and token_lifetime do not apply.
+	Credentials string `yaml:"credentials"`
 	// TokenLifetime is how far ahead the signed expiry lies; 0 means 168h
 	// less LifetimeMargin (167h55m), so that a gateway clock a little behind
 	// ours still accepts it. At least 1m, at most 168h (the gateway's
@@ -137,9 +152,25 @@ func (c *Config) Validate() error {
 	if c.ChainID != "" && len(c.ChainID) != 1 {
 		add("chain_id", "must be a single byte such as \"W\" (mainnet) or \"T\" (testnet), got %d bytes", len(c.ChainID))
 	}
+	imported := c.Credentials == CredentialsImported
+	if c.Credentials != "" && !imported {
+		add("credentials", "must be %q (a connection without a key, serving imported grants) or absent, got %q", CredentialsImported, c.Credentials)
+	}
 	switch seed, pk := !c.Seed.IsZero(), !c.PrivateKey.IsZero(); {
+	case imported && (seed || pk):
+		add("credentials", "imported is for a connection without a key: remove seed and private_key")
+	case imported:
+		if c.Nonce != 0 {
+			add("nonce", "applies only to seed")
+		}
+		if c.ChainID != "" {
+			add("chain_id", "does not apply with credentials: imported (nothing is signed)")
+		}
+		if c.TokenLifetime.Duration != 0 {
+			add("token_lifetime", "does not apply with credentials: imported (nothing is signed)")
+		}
 	case !seed && !pk:
-		add("seed", "one of seed or private_key is required")
+		add("seed", "one of seed or private_key is required (or credentials: imported for a connection without a key)")
 	case seed && pk:
 		add("private_key", "seed and private_key are mutually exclusive")
 	case seed:
@@ -182,6 +213,31 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
+	now := env.Now
+	if now == nil {
+		now = time.Now
+	}
+	log := env.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := refresher{
+		tokenURL: c.TokenURL,
+		clientID: c.ClientID,
+		now:      now,
+		log:      log,
+		client: &tokenhttp.Client{
+			HTTP:             env.HTTPClient,
+			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
+			DefaultTokenType: c.DefaultTokenType,
+			Timeout:          timeout,
+			Now:              now,
+		},
+	}
+	if c.Credentials == CredentialsImported {
+		return &importedProvider{r}, nil
+	}
 	sk, err := c.loadKey(env.Secrets)
 	if err != nil {
 		return nil, err
@@ -192,38 +248,19 @@ func (c *Config) Open(env providers.Env) (providers.Provider, error) {
 		chain = c.ChainID[0]
 	}
 	lifetime := cmp.Or(c.TokenLifetime.Duration, DefaultTokenLifetime)
-	timeout := cmp.Or(c.Timeout.Duration, DefaultTimeout)
-	now := env.Now
-	if now == nil {
-		now = time.Now
-	}
 	random := env.Rand
 	if random == nil {
 		random = rand.Reader
 	}
-	log := env.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	pub := sk.Public()
+	r.address = wavescrypto.NewAddress(pub, chain).String()
 	return &provider{
-		tokenURL: c.TokenURL,
-		clientID: c.ClientID,
-		chain:    chain,
-		key:      sk,
-		pub:      pub,
-		address:  wavescrypto.NewAddress(pub, chain).String(),
-		lifetime: lifetime,
-		now:      now,
-		random:   random,
-		log:      log,
-		client: &tokenhttp.Client{
-			HTTP:             env.HTTPClient,
-			MaxResponseBytes: c.MaxResponseBytes, // 0: DefaultMaxResponseBytes
-			DefaultTokenType: c.DefaultTokenType,
-			Timeout:          timeout,
-			Now:              now,
-		},
+		refresher: r,
+		chain:     chain,
+		key:       sk,
+		pub:       pub,
+		lifetime:  lifetime,
+		random:    random,
 	}, nil
 }
 
@@ -248,17 +285,25 @@ func (c *Config) loadKey(l secret.Loader) (wavescrypto.PrivateKey, error) {
 	return sk, nil
 }
 
-type provider struct {
+// refresher is what every wx connection has: the refresh token grant and
+// the response decoding.
+type refresher struct {
 	tokenURL string
 	clientID string
+	// address of the key, for logs; "" without one.
+	address string
+	now     func() time.Time
+	log     *slog.Logger
+	client  *tokenhttp.Client
+}
+
+// provider is a connection with a key.
+type provider struct {
+	refresher
 	chain    byte
 	key      wavescrypto.PrivateKey
 	pub      wavescrypto.PublicKey
-	address  string
 	lifetime time.Duration
-	now      func() time.Time
-	log      *slog.Logger
-	client   *tokenhttp.Client
 
 	// randMu guards random: an injected reader need not be safe for
 	// concurrent use.
@@ -266,11 +311,33 @@ type provider struct {
 	random io.Reader
 }
 
+// importedProvider is a connection without a key (credentials: imported).
+type importedProvider struct {
+	refresher
+}
+
 var (
-	_ providers.Provider  = (*provider)(nil)
-	_ providers.Refresher = (*provider)(nil)
-	_ providers.Describer = (*provider)(nil)
+	_ providers.Provider      = (*provider)(nil)
+	_ providers.Refresher     = (*provider)(nil)
+	_ providers.Describer     = (*provider)(nil)
+	_ providers.AccountBound  = (*provider)(nil)
+	_ providers.Provider      = (*importedProvider)(nil)
+	_ providers.Refresher     = (*importedProvider)(nil)
+	_ providers.Describer     = (*importedProvider)(nil)
+	_ providers.DefaultScoper = (*importedProvider)(nil)
 )
+
+// Token fails with providers.ErrNeedsAuthorization: without a key the
+// connection cannot get a first token, only refresh an imported grant.
+func (p *importedProvider) Token(context.Context, providers.Request) (*providers.Token, error) {
+	return nil, fmt.Errorf("wx: %w: the connection has no key (credentials: imported); import a grant "+
+		"(a refresh token from the WX Network app) for this account", providers.ErrNeedsAuthorization)
+}
+
+// Describe says the connection has no key.
+func (p *importedProvider) Describe() map[string]string {
+	return map[string]string{"credentials": CredentialsImported}
+}
 
 // Subject is the account's address: a stored grant or token for another
 // address (the key changed) is not used (providers.AccountBound).
@@ -309,7 +376,7 @@ func (p *provider) Token(ctx context.Context, req providers.Request) (*providers
 
 // Refresh redeems g's refresh token. It is safe for concurrent use; an
 // invalid_grant comes back as a *providers.OAuthError for the broker to act on.
-func (p *provider) Refresh(ctx context.Context, req providers.Request, g *providers.Grant) (*providers.Token, error) {
+func (p *refresher) Refresh(ctx context.Context, req providers.Request, g *providers.Grant) (*providers.Token, error) {
 	if err := checkScopes(req.Scopes); err != nil {
 		return nil, err
 	}
@@ -322,7 +389,11 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 		"client_id":     {p.clientID},
 		"refresh_token": {g.RefreshToken.Reveal()},
 	}
-	p.log.DebugContext(ctx, "wx: refresh token grant", "address", p.address)
+	if p.address != "" {
+		p.log.DebugContext(ctx, "wx: refresh token grant", "address", p.address)
+	} else {
+		p.log.DebugContext(ctx, "wx: refresh token grant", "credentials", CredentialsImported)
+	}
 	resp, err := p.client.Post(ctx, p.tokenURL, form, tokenhttp.Auth{Style: tokenhttp.AuthNone})
 	if err != nil {
 		return nil, fmt.Errorf("wx: refresh: %w", err)
@@ -347,7 +418,7 @@ func (p *provider) sign(msg []byte) ([]byte, error) {
 
 // DefaultScopes implements providers.DefaultScoper: the gateway grants
 // "general" whatever is asked for.
-func (p *provider) DefaultScopes() []string { return []string{Scope} }
+func (p *refresher) DefaultScopes() []string { return []string{Scope} }
 
 // checkScopes accepts no scopes (the default) or exactly "general".
 func checkScopes(scopes []string) error {
@@ -360,7 +431,7 @@ func checkScopes(scopes []string) error {
 // decode turns a token response into a Token. signed is the expiry the
 // password grant signed; zero for a refresh, which is then bounded by the
 // gateway's maximum lifetime instead. Messages quote no token.
-func (p *provider) decode(resp *tokenhttp.Response, signed time.Time) (*providers.Token, error) {
+func (p *refresher) decode(resp *tokenhttp.Response, signed time.Time) (*providers.Token, error) {
 	var expiry time.Time
 	if resp.ExpiresIn != nil {
 		if n := *resp.ExpiresIn; n > absoluteThreshold {

@@ -520,6 +520,29 @@ func TestValidate(t *testing.T) {
 			"seed: file and env are mutually exclusive",
 			"token_lifetime: must be between",
 		}},
+		{name: "imported ok", cfg: func() *wx.Config {
+			c := valid()
+			c.Seed, c.Credentials = secret.Ref{}, wx.CredentialsImported
+			return c
+		}},
+		{name: "imported with a key and signing settings", cfg: func() *wx.Config {
+			c := valid()
+			c.Credentials, c.PrivateKey = wx.CredentialsImported, secret.Ref{Env: "K"}
+			c.ChainID, c.Nonce, c.TokenLifetime = "T", 1, providers.Duration{Duration: time.Hour}
+			return c
+		}, want: []string{"credentials: imported is for a connection without a key: remove seed and private_key"}},
+		{name: "imported with signing settings", cfg: func() *wx.Config {
+			c := valid()
+			c.Seed, c.Credentials = secret.Ref{}, wx.CredentialsImported
+			c.ChainID, c.Nonce, c.TokenLifetime = "T", 1, providers.Duration{Duration: time.Hour}
+			return c
+		}, want: []string{"nonce: applies only to seed", "chain_id: does not apply with credentials: imported",
+			"token_lifetime: does not apply with credentials: imported"}},
+		{name: "unknown credentials", cfg: func() *wx.Config {
+			c := valid()
+			c.Credentials = "app"
+			return c
+		}, want: []string{`credentials: must be "imported"`}},
 		{name: "nonce with a private key", cfg: func() *wx.Config {
 			c := valid()
 			c.Seed, c.PrivateKey, c.Nonce = secret.Ref{}, secret.Ref{Env: "K"}, 2
