@@ -83,12 +83,6 @@ type Authorizer interface {
 	Exchange(ctx context.Context, code, verifier string) (*Token, error)
 }
 
-// A Revoker is a Provider that can revoke a grant's refresh token at the
-// upstream (RFC 7009), for DeleteAccount. Errors are as Token's.
-type Revoker interface {
-	Revoke(ctx context.Context, g *Grant) error
-}
-
 // A GrantImporter is a Refresher that gets tokens only from grants
 // imported into the broker (ImportGrant), such as a WX connection without a
 // key: its Token never succeeds, and a refused refresh means the grant must

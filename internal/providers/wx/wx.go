@@ -335,6 +335,10 @@ func (p *importedProvider) Token(context.Context, providers.Request) (*providers
 }
 
 // Describe says the connection has no key.
+// ImportsGrants implements providers.GrantImporter: a refused refresh
+// means the user imports a new grant.
+func (p *importedProvider) ImportsGrants() bool { return true }
+
 func (p *importedProvider) Describe() map[string]string {
 	return map[string]string{"credentials": CredentialsImported}
 }
