@@ -253,8 +253,8 @@ func (b *Broker) DeleteAccount(ctx context.Context, connection, account string, 
 // reports refresh_token_expires_in, or the connection sets
 // grant_idle_lifetime) are refreshed in the background before that.
 
-// keepAliveEvery is how often each replica looks for due accounts.
-const keepAliveEvery = time.Second
+// DefaultKeepAliveEvery is how often each replica looks for due accounts.
+const DefaultKeepAliveEvery = time.Second
 
 // keepAliveBatch bounds the refreshes one replica runs at once per
 // connection.
@@ -293,8 +293,8 @@ func (b *Broker) schedule(ctx context.Context, c *conn, account string, g *provi
 }
 
 // keepAlive refreshes due grants until Close.
-func (b *Broker) keepAlive() {
-	t := time.NewTicker(keepAliveEvery)
+func (b *Broker) keepAlive(every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {

@@ -44,6 +44,8 @@ type azHarness struct {
 	log    *slog.Logger
 	logs   *logtest.Buffer
 	device bool
+	// idle is the WAX connections' grant_idle_lifetime.
+	idle time.Duration
 	// states and codes seen, for the log check.
 	mu      sync.Mutex
 	secrets logtest.Secrets
@@ -71,9 +73,10 @@ func (h *azHarness) open(t *testing.T, c cache.Cache) *broker.Broker {
 	var conns []broker.Connection
 	for _, name := range []string{"wax", "wax-other"} {
 		cfg := &authcode.WAXConfig{Config: authcode.Config{
-			AuthorizeURL: h.emuURL + waxemu.AuthorizePath,
-			TokenURL:     h.emuURL + waxemu.TokenPath,
-			ClientID:     waxClientID,
+			AuthorizeURL:  h.emuURL + waxemu.AuthorizePath,
+			TokenURL:      h.emuURL + waxemu.TokenPath,
+			RevocationURL: h.emuURL + waxemu.RevokePath,
+			ClientID:      waxClientID,
 		}}
 		if h.device {
 			cfg.DeviceSecret = true
@@ -85,10 +88,10 @@ func (h *azHarness) open(t *testing.T, c cache.Cache) *broker.Broker {
 		if err != nil {
 			t.Fatalf("Open(%s) = %v", name, err)
 		}
-		conns = append(conns, broker.Connection{Name: name, Type: "wax", Provider: p, Skew: time.Minute})
+		conns = append(conns, broker.Connection{Name: name, Type: "wax", Provider: p, Skew: time.Minute, GrantIdleLifetime: h.idle})
 	}
 	conns = append(conns, broker.Connection{Name: "plain", Type: "fake", Provider: plainProvider{}})
-	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: h.clk.Now, Logger: h.log})
+	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: h.clk.Now, Logger: h.log, KeepAliveEvery: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("broker.New() = %v", err)
 	}

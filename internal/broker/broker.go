@@ -14,6 +14,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -62,6 +63,9 @@ type Options struct {
 	DisableRefreshAhead bool
 	// DisableKeepAlive turns off background refresh of idle grants.
 	DisableKeepAlive bool
+	// KeepAliveEvery is how often each replica looks for grants due for a
+	// keep-alive refresh (0: DefaultKeepAliveEvery).
+	KeepAliveEvery time.Duration
 	// AfterFunc schedules refresh-ahead (nil: time.AfterFunc). Tests
 	// inject it to fire timers themselves.
 	AfterFunc func(d time.Duration, f func()) (stop func() bool)
@@ -246,7 +250,7 @@ func New(o Options) (*Broker, error) {
 	}
 	go b.sweepEvery(b.l1MaxAge)
 	if !o.DisableKeepAlive {
-		go b.keepAlive()
+		go b.keepAlive(cmp.Or(o.KeepAliveEvery, DefaultKeepAliveEvery))
 	}
 	return b, nil
 }
