@@ -270,7 +270,8 @@ func openConnections(cfg *config.Config, loader secret.Loader, log *slog.Logger,
 			errs = append(errs, config.OpenError(i, cc.Name, err))
 			continue
 		}
-		conns = append(conns, broker.Connection{Name: cc.Name, Type: cc.Type, Provider: p, Skew: cc.Skew.Duration})
+		conns = append(conns, broker.Connection{Name: cc.Name, Type: cc.Type, Provider: p, Skew: cc.Skew.Duration,
+			GrantIdleLifetime: cc.GrantIdleLifetime.Duration})
 	}
 	return conns, errors.Join(errs...)
 }

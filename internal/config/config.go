@@ -205,12 +205,16 @@ type Connection struct {
 	// Skew: a token is not served, and leaves the cache, this long before
 	// it expires (default 60s; at most half the token's lifetime).
 	Skew providers.Duration `yaml:"skew"`
+	// GrantIdleLifetime is how long the upstream keeps a refresh token
+	// nobody uses (0: it says, with refresh_token_expires_in, or never).
+	// Grants are refreshed in the background before then.
+	GrantIdleLifetime providers.Duration `yaml:"grant_idle_lifetime"`
 
 	// Provider is the provider type's own settings.
 	Provider providers.Config `yaml:"-"`
 }
 
-var connectionKeys = []string{"name", "type", "skew"}
+var connectionKeys = []string{"name", "type", "skew", "grant_idle_lifetime"}
 
 // NamePattern is what a connection name must match.
 var NamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
@@ -462,6 +466,9 @@ func (c *Config) Validate() error {
 		}
 		if conn.Skew.Duration < 0 {
 			add("%s.skew: must not be negative", path)
+		}
+		if d := conn.GrantIdleLifetime.Duration; d != 0 && d < 10*time.Second {
+			add("%s.grant_idle_lifetime: at least 10s, or unset", path)
 		}
 		if conn.Provider != nil {
 			errs = append(errs, prefix(path+".", conn.Provider.Validate())...)
