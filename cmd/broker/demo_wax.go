@@ -28,8 +28,9 @@ func startDemoWAX(_ context.Context, d *demo) error {
 	d.onCallback(func(baseURL string) { emu.SetRedirectURL(baseURL + server.CallbackPath) })
 	d.add(config.Connection{Name: "demo-wax", Type: "wax", Provider: &authcode.WAXConfig{Config: authcode.Config{
 		AuthorizeURL: base + waxemu.AuthorizePath,
-		TokenURL:     base + waxemu.TokenPath,
-		ClientID:     clientID,
+		TokenURL:      base + waxemu.TokenPath,
+		RevocationURL: base + waxemu.RevokePath,
+		ClientID:      clientID,
 		ClientSecret: d.setSecret("TOKENBROKER_DEMO_WAX_SECRET", sec),
 		Timeout:      providers.Duration{Duration: 5 * time.Second},
 	}}})
