@@ -490,6 +490,15 @@ func (p *refresher) decode(resp *tokenhttp.Response, signed time.Time) (*provide
 			g.RefreshExpiry = rexp
 		}
 	}
+	// refresh_token_expires_in, which the gateway is not documented to
+	// send, can only make it earlier; with no new refresh token it is the
+	// stored one's.
+	switch d, ok, err := resp.RefreshLifetime(); {
+	case err != nil:
+		return nil, err
+	case ok && (g.RefreshExpiry.IsZero() || resp.Sent.Add(d).Before(g.RefreshExpiry)):
+		g.RefreshExpiry = resp.Sent.Add(d)
+	}
 	return &providers.Token{
 		AccessToken: resp.AccessToken,
 		TokenType:   resp.TokenType,
