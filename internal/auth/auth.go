@@ -86,6 +86,7 @@ type apiKey struct {
 type caller struct {
 	Caller
 	connections []string
+	accounts    []string // nil: any
 	scopes      []string // nil: any
 	methods     map[string]bool
 }
@@ -118,7 +119,7 @@ func New(cfg Config) (*Authenticator, error) {
 }
 
 func newCaller(c Caller, p Policy) *caller {
-	return &caller{Caller: c, connections: p.Connections, scopes: p.Scopes, methods: p.methods()}
+	return &caller{Caller: c, connections: p.Connections, accounts: p.Accounts, scopes: p.Scopes, methods: p.methods()}
 }
 
 // exempt reports whether a method is open to everyone: health checks and
