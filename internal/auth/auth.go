@@ -377,10 +377,3 @@ func unauthenticated(msg string) error {
 func denied(callerName, connection, msg string) error {
 	return &RefusalError{Kind: ErrPermissionDenied, Caller: callerName, Connection: connection, Message: msg}
 }
-
-// MayUseAccount reports whether the caller in ctx may use account of
-// connection. Until policies name accounts, any account of a connection the
-// caller may use.
-func MayUseAccount(ctx context.Context, connection, account string) bool {
-	return MayUseConnection(ctx, connection)
-}

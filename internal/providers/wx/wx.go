@@ -334,11 +334,11 @@ func (p *importedProvider) Token(context.Context, providers.Request) (*providers
 		"(a refresh token from the WX Network app) for this account", providers.ErrNeedsAuthorization)
 }
 
-// Describe says the connection has no key.
 // ImportsGrants implements providers.GrantImporter: a refused refresh
 // means the user imports a new grant.
 func (p *importedProvider) ImportsGrants() bool { return true }
 
+// Describe says the connection has no key.
 func (p *importedProvider) Describe() map[string]string {
 	return map[string]string{"credentials": CredentialsImported}
 }
