@@ -86,6 +86,7 @@ type apiKey struct {
 type caller struct {
 	Caller
 	connections []string
+	accounts    []string // nil: any
 	scopes      []string // nil: any
 	methods     map[string]bool
 }
@@ -118,7 +119,7 @@ func New(cfg Config) (*Authenticator, error) {
 }
 
 func newCaller(c Caller, p Policy) *caller {
-	return &caller{Caller: c, connections: p.Connections, scopes: p.Scopes, methods: p.methods()}
+	return &caller{Caller: c, connections: p.Connections, accounts: p.Accounts, scopes: p.Scopes, methods: p.methods()}
 }
 
 // exempt reports whether a method is open to everyone: health checks and
@@ -375,11 +376,4 @@ func unauthenticated(msg string) error {
 
 func denied(callerName, connection, msg string) error {
 	return &RefusalError{Kind: ErrPermissionDenied, Caller: callerName, Connection: connection, Message: msg}
-}
-
-// MayUseAccount reports whether the caller in ctx may use account of
-// connection. Until policies name accounts, any account of a connection the
-// caller may use.
-func MayUseAccount(ctx context.Context, connection, account string) bool {
-	return MayUseConnection(ctx, connection)
 }

@@ -59,6 +59,15 @@ type Policy struct {
 	// Connections are the connection names the caller may use: exact
 	// names or path.Match globs such as "pay-*" or "*". Empty allows none.
 	Connections []string `yaml:"connections"`
+	// Accounts are the accounts (end users of an authorization-code, wax
+	// or wx connection) the caller may use on its connections, as
+	// path.Match globs such as "team-a-*"; "" names a connection's default
+	// account. Absent allows every account, the default one included.
+	// When set, the default account is allowed only when listed as "" or
+	// matched by "*" ("team-a-*" alone does not allow it). An empty list is
+	// refused: it would allow no account at all. Enforced by the RPCs that
+	// name an account (MayUseAccount, CheckAccount).
+	Accounts []string `yaml:"accounts"`
 	// Scopes are the scopes the caller may request, as globs such as
 	// "read:*". Empty allows any scope. When set, a request must name its
 	// scopes: the connection's default scopes are not checked here.
@@ -189,6 +198,14 @@ func (p Policy) validate(at string) []error {
 	}
 	checkGlobs("connections", p.Connections)
 	checkGlobs("scopes", p.Scopes)
+	if p.Accounts != nil && len(p.Accounts) == 0 {
+		errs = append(errs, fmt.Errorf(`%s.accounts: an empty list allows no account: omit it to allow every account, or list "" for the default account only`, at))
+	}
+	for i, g := range p.Accounts {
+		if _, err := path.Match(g, ""); err != nil {
+			errs = append(errs, fmt.Errorf("%s.accounts[%d]: %q is not a valid glob", at, i, g))
+		}
+	}
 	for i, r := range p.RPCs {
 		if _, ok := roles[r]; !ok && !slices.Contains(rpcNames, r) {
 			errs = append(errs, fmt.Errorf("%s.rpcs[%d]: unknown RPC %q (known: %s, %s, %s)",

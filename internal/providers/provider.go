@@ -123,7 +123,9 @@ type Token struct {
 	Scopes []string
 	// Grant, when non-nil, is new durable state (a first or rotated refresh
 	// token) that the broker stores before it hands out AccessToken. A
-	// Grant with an empty RefreshToken on a refresh keeps the stored one.
+	// Grant with an empty RefreshToken on a refresh keeps the stored one;
+	// its RefreshExpiry, when non-zero, then replaces the stored one's (an
+	// upstream restarting an idle refresh-token lifetime on each use).
 	Grant *Grant
 }
 
@@ -142,6 +144,9 @@ type Grant struct {
 	State        GrantState
 	RefreshToken secret.Value
 	// RefreshExpiry is when RefreshToken stops working; zero when unknown.
+	// Providers set it from the upstream's refresh_token_expires_in
+	// (relative seconds, checked like expires_in) or, for WX, the refresh
+	// token's JWT exp, whichever is earlier.
 	RefreshExpiry time.Time
 	// DeviceSecret is the per-grant client secret of a public client (WAX
 	// device-secret mode), used for the exchange and every refresh.

@@ -482,10 +482,15 @@ func (p *provider) Exchange(ctx context.Context, code, verifier string) (*provid
 	if err != nil {
 		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
 	}
+	rexp, err := refreshExpiry(resp)
+	if err != nil {
+		return nil, fmt.Errorf("%s: exchange: %w", p.name, err)
+	}
 	t.Grant = &providers.Grant{
-		State:        providers.GrantReady,
-		RefreshToken: resp.RefreshToken,
-		Scopes:       t.Scopes,
+		State:         providers.GrantReady,
+		RefreshToken:  resp.RefreshToken,
+		RefreshExpiry: rexp,
+		Scopes:        t.Scopes,
 	}
 	if p.deviceMode {
 		t.Grant.DeviceSecret = sec
@@ -520,8 +525,13 @@ func (p *provider) Refresh(ctx context.Context, req providers.Request, g *provid
 	if err != nil {
 		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
 	}
-	// An empty RefreshToken or nil Scopes keep the stored ones.
-	t.Grant = &providers.Grant{State: providers.GrantReady, RefreshToken: resp.RefreshToken}
+	rexp, err := refreshExpiry(resp)
+	if err != nil {
+		return nil, fmt.Errorf("%s: refresh: %w", p.name, err)
+	}
+	// An empty RefreshToken or nil Scopes keep the stored ones; a
+	// RefreshExpiry (the upstream restarting an idle lifetime) replaces it.
+	t.Grant = &providers.Grant{State: providers.GrantReady, RefreshToken: resp.RefreshToken, RefreshExpiry: rexp}
 	if resp.Scope != "" {
 		t.Grant.Scopes = t.Scopes
 	}
@@ -579,6 +589,16 @@ func (p *provider) token(resp *tokenhttp.Response, fallback []string) (*provider
 		Expiry:      resp.Sent.Add(lifetime),
 		Scopes:      scopes,
 	}, nil
+}
+
+// refreshExpiry is when the refresh token dies by refresh_token_expires_in;
+// zero when the response does not say.
+func refreshExpiry(resp *tokenhttp.Response) (time.Time, error) {
+	d, ok, err := resp.RefreshLifetime()
+	if err != nil || !ok {
+		return time.Time{}, err
+	}
+	return resp.Sent.Add(d), nil
 }
 
 // Describe reports the endpoints and the client authentication mode.

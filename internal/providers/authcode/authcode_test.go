@@ -81,7 +81,9 @@ func TestValidate(t *testing.T) {
 		}), []string{"device_secret: must not be true with client_authentication: none"}},
 		{"unknown client_authentication", generic(func(c *authcode.Config) { c.ClientAuthentication = "private_key_jwt" }),
 			[]string{`client_authentication: must be "client_secret", "device_secret" or "none", got "private_key_jwt"`}},
-		{"wax public client", wax(func(c *authcode.WAXConfig) { c.ClientSecret, c.ClientAuthentication = secret.Ref{}, authcode.ClientAuthNone }),
+		{"wax public client", wax(func(c *authcode.WAXConfig) {
+			c.ClientSecret, c.ClientAuthentication = secret.Ref{}, authcode.ClientAuthNone
+		}),
 			[]string{"client_authentication: wax documents no client without a secret: use device_secret: true"}},
 		{"bad revocation url", generic(func(c *authcode.Config) { c.RevocationURL = "http://as.example/revoke" }),
 			[]string{"revocation_url: must be https"}},

@@ -138,3 +138,42 @@ func TestRevokeEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// TestRefreshExpiry: refresh_token_expires_in becomes Grant.RefreshExpiry,
+// at the exchange and again on each refresh that restarts it (with no new
+// refresh token: the stored one's new expiry).
+func TestRefreshExpiry(t *testing.T) {
+	f := newFixture(t, waxemu.Options{ClientSecret: trickySecret, RefreshTokenLifetime: time.Minute},
+		authcode.WAXConfig{Config: authcode.Config{ClientSecret: secret.Ref{Env: "WAX_SECRET"}}})
+	tok, err := f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s").Get("code"), f.verifier)
+	if err != nil {
+		t.Fatalf("Exchange() = %v", err)
+	}
+	if want := f.clk.Now().Add(time.Minute); !tok.Grant.RefreshExpiry.Equal(want) {
+		t.Errorf("Exchange().Grant.RefreshExpiry = %v; want %v", tok.Grant.RefreshExpiry, want)
+	}
+	f.clk.t = f.clk.t.Add(50 * time.Second)
+	rt, err := f.p.(providers.Refresher).Refresh(context.Background(), providers.Request{}, tok.Grant)
+	if err != nil {
+		t.Fatalf("Refresh() = %v", err)
+	}
+	if !rt.Grant.RefreshToken.IsZero() {
+		t.Errorf("Refresh() rotated without rotation")
+	}
+	if want := f.clk.Now().Add(time.Minute); !rt.Grant.RefreshExpiry.Equal(want) {
+		t.Errorf("Refresh().Grant.RefreshExpiry = %v; want %v", rt.Grant.RefreshExpiry, want)
+	}
+	f.clk.t = f.clk.t.Add(time.Minute)
+	_, err = f.p.(providers.Refresher).Refresh(context.Background(), providers.Request{}, tok.Grant)
+	if providers.OAuthCode(err) != providers.CodeInvalidGrant {
+		t.Errorf("Refresh() after the refresh token's lifetime = %v; want invalid_grant", err)
+	}
+	f.emu.SetRefreshTokenLifetime(0)
+	tok, err = f.p.(providers.Authorizer).Exchange(context.Background(), f.authorize(t, "s2").Get("code"), f.verifier)
+	if err != nil {
+		t.Fatalf("Exchange() = %v", err)
+	}
+	if !tok.Grant.RefreshExpiry.IsZero() {
+		t.Errorf("Exchange().Grant.RefreshExpiry = %v without refresh_token_expires_in; want zero", tok.Grant.RefreshExpiry)
+	}
+}

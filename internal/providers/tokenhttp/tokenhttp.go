@@ -180,6 +180,10 @@ type Response struct {
 	ExpiresIn *int64
 	// RefreshToken is empty when absent.
 	RefreshToken secret.Value
+	// RefreshExpiresIn is refresh_token_expires_in as sent (seconds the
+	// refresh token has left, as Azure AD, GitHub and others send it; read
+	// like expires_in); nil when absent or null. See RefreshLifetime.
+	RefreshExpiresIn *int64
 	// Scope is the space-separated scope as sent (a JSON array of strings is
 	// joined with spaces); "" when absent.
 	Scope string
@@ -460,6 +464,13 @@ func parseSuccess(sent time.Time, status int, data []byte, defaultType string) (
 	if ok {
 		r.ExpiresIn = &n
 	}
+	rn, ok, err := parseSeconds("refresh_token_expires_in", fields["refresh_token_expires_in"])
+	if err != nil {
+		return nil, fmt.Errorf("HTTP %d: %w", status, err)
+	}
+	if ok {
+		r.RefreshExpiresIn = &rn
+	}
 
 	delete(fields, "access_token")
 	delete(fields, "refresh_token")
@@ -553,6 +564,11 @@ func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "
 // What the number means (seconds left or an absolute time) is the caller's
 // business.
 func ParseExpiresIn(raw json.RawMessage) (int64, bool, error) {
+	return parseSeconds("expires_in", raw)
+}
+
+// parseSeconds is ParseExpiresIn for the member named field.
+func parseSeconds(field string, raw json.RawMessage) (int64, bool, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return 0, false, nil
@@ -560,36 +576,36 @@ func ParseExpiresIn(raw json.RawMessage) (int64, bool, error) {
 	var text string
 	if raw[0] == '"' {
 		if err := json.Unmarshal(raw, &text); err != nil {
-			return 0, false, fmt.Errorf("%w: expires_in is not a valid JSON string", providers.ErrInvalidResponse)
+			return 0, false, fmt.Errorf("%w: %s is not a valid JSON string", providers.ErrInvalidResponse, field)
 		}
 		text = strings.TrimSpace(text)
 		// A string must hold plain digits: no sign, exponent or fraction.
 		if text == "" || strings.TrimLeft(text, "0123456789") != "" {
-			return 0, false, fmt.Errorf("%w: expires_in string is not a non-negative integer", providers.ErrInvalidResponse)
+			return 0, false, fmt.Errorf("%w: %s string is not a non-negative integer", providers.ErrInvalidResponse, field)
 		}
 	} else {
 		var num json.Number
 		if err := json.Unmarshal(raw, &num); err != nil {
-			return 0, false, fmt.Errorf("%w: expires_in is neither a number nor a numeric string", providers.ErrInvalidResponse)
+			return 0, false, fmt.Errorf("%w: %s is neither a number nor a numeric string", providers.ErrInvalidResponse, field)
 		}
 		text = num.String()
 	}
 	if n, err := strconv.ParseInt(text, 10, 64); err == nil {
 		if n < 0 {
-			return 0, false, fmt.Errorf("%w: expires_in is negative", providers.ErrInvalidResponse)
+			return 0, false, fmt.Errorf("%w: %s is negative", providers.ErrInvalidResponse, field)
 		}
 		return n, true, nil
 	}
 	f, err := strconv.ParseFloat(text, 64)
 	switch {
 	case err != nil && !errors.Is(err, strconv.ErrRange):
-		return 0, false, fmt.Errorf("%w: expires_in is not a number", providers.ErrInvalidResponse)
+		return 0, false, fmt.Errorf("%w: %s is not a number", providers.ErrInvalidResponse, field)
 	case f < 0:
-		return 0, false, fmt.Errorf("%w: expires_in is negative", providers.ErrInvalidResponse)
+		return 0, false, fmt.Errorf("%w: %s is negative", providers.ErrInvalidResponse, field)
 	case err != nil || f >= math.MaxInt64:
-		return 0, false, fmt.Errorf("%w: expires_in is out of range", providers.ErrInvalidResponse)
+		return 0, false, fmt.Errorf("%w: %s is out of range", providers.ErrInvalidResponse, field)
 	case f != math.Trunc(f):
-		return 0, false, fmt.Errorf("%w: expires_in is not an integer", providers.ErrInvalidResponse)
+		return 0, false, fmt.Errorf("%w: %s is not an integer", providers.ErrInvalidResponse, field)
 	}
 	return int64(f), true, nil
 }
@@ -756,5 +772,22 @@ func (r *Response) Lifetime(fallback time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
 	default:
 		return time.Duration(n) * time.Second, nil
+	}
+}
+
+// RefreshLifetime is how long the refresh token has left, from
+// refresh_token_expires_in; ok is false when the response has none. A value
+// of 0 or beyond MaxExpiresIn is ErrInvalidResponse, as for expires_in.
+func (r *Response) RefreshLifetime() (d time.Duration, ok bool, err error) {
+	if r.RefreshExpiresIn == nil {
+		return 0, false, nil
+	}
+	switch n := *r.RefreshExpiresIn; {
+	case n == 0:
+		return 0, false, fmt.Errorf("%w: refresh_token_expires_in is 0", providers.ErrInvalidResponse)
+	case n > MaxExpiresIn:
+		return 0, false, fmt.Errorf("%w: refresh_token_expires_in %d is more than ten years", providers.ErrInvalidResponse, n)
+	default:
+		return time.Duration(n) * time.Second, true, nil
 	}
 }

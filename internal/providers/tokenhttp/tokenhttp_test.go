@@ -820,3 +820,52 @@ func TestRevoke(t *testing.T) {
 		})
 	}
 }
+
+// TestRefreshExpiresIn: refresh_token_expires_in is read like expires_in
+// and RefreshLifetime refuses what expires_in's Lifetime refuses.
+func TestRefreshExpiresIn(t *testing.T) {
+	tests := []struct {
+		name    string
+		field   string // JSON member value; "" for absent
+		want    time.Duration
+		wantOK  bool
+		wantErr string // in Post's or RefreshLifetime's error
+	}{
+		{name: "absent"},
+		{name: "null", field: "null"},
+		{name: "number", field: "60", want: time.Minute, wantOK: true},
+		{name: "string", field: `"86400"`, want: 24 * time.Hour, wantOK: true},
+		{name: "zero", field: "0", wantErr: "refresh_token_expires_in is 0"},
+		{name: "negative", field: "-5", wantErr: "refresh_token_expires_in is negative"},
+		{name: "fraction", field: "1.5", wantErr: "refresh_token_expires_in is not an integer"},
+		{name: "ten years and more", field: "400000000", wantErr: "refresh_token_expires_in 400000000 is more than ten years"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := `{"access_token":"at","token_type":"Bearer","expires_in":3600`
+			if tt.field != "" {
+				body += `,"refresh_token_expires_in":` + tt.field
+			}
+			u := upstream(t, answer(200, body+"}"))
+			c := &tokenhttp.Client{Now: clock()}
+			resp, err := c.Post(context.Background(), u, url.Values{}, basicAuth())
+			var d time.Duration
+			var ok bool
+			if err == nil {
+				if resp.ExpiresIn == nil || *resp.ExpiresIn != 3600 {
+					t.Errorf("ExpiresIn changed by refresh_token_expires_in")
+				}
+				d, ok, err = resp.RefreshLifetime()
+			}
+			if tt.wantErr != "" {
+				if !errors.Is(err, providers.ErrInvalidResponse) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v; want ErrInvalidResponse containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || d != tt.want || ok != tt.wantOK {
+				t.Fatalf("RefreshLifetime() = %v, %v, %v; want %v, %v, nil", d, ok, err, tt.want, tt.wantOK)
+			}
+		})
+	}
+}

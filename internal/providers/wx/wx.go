@@ -334,11 +334,11 @@ func (p *importedProvider) Token(context.Context, providers.Request) (*providers
 		"(a refresh token from the WX Network app) for this account", providers.ErrNeedsAuthorization)
 }
 
-// Describe says the connection has no key.
 // ImportsGrants implements providers.GrantImporter: a refused refresh
 // means the user imports a new grant.
 func (p *importedProvider) ImportsGrants() bool { return true }
 
+// Describe says the connection has no key.
 func (p *importedProvider) Describe() map[string]string {
 	return map[string]string{"credentials": CredentialsImported}
 }
@@ -489,6 +489,15 @@ func (p *refresher) decode(resp *tokenhttp.Response, signed time.Time) (*provide
 		if rexp, ok, err := jwtExp(resp.RefreshToken.Reveal()); err == nil && ok {
 			g.RefreshExpiry = rexp
 		}
+	}
+	// refresh_token_expires_in, which the gateway is not documented to
+	// send, can only make it earlier; with no new refresh token it is the
+	// stored one's.
+	switch d, ok, err := resp.RefreshLifetime(); {
+	case err != nil:
+		return nil, err
+	case ok && (g.RefreshExpiry.IsZero() || resp.Sent.Add(d).Before(g.RefreshExpiry)):
+		g.RefreshExpiry = resp.Sent.Add(d)
 	}
 	return &providers.Token{
 		AccessToken: resp.AccessToken,
