@@ -105,7 +105,15 @@ func TestAccountsAreThePeopleWhoAuthorized(t *testing.T) {
 	// the old grant's token any more, on either replica.
 	authorizeAs(t, bs[1], "wax", "alice", "bob")
 	for i, b := range bs {
-		if got := h.emu.UserOf(tokenFor(t, b, "alice")); got != "bob" {
+		// The other replica hears of it over pub/sub, within moments.
+		var got string
+		for range 200 {
+			if got = h.emu.UserOf(tokenFor(t, b, "alice")); got == "bob" {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got != "bob" {
 			t.Errorf("replica %d: after re-authorizing account alice as bob, its token is %s's", i, got)
 		}
 	}

@@ -103,7 +103,12 @@ func (b *Broker) merge(c *conn, account string, old *providers.Grant, t *provide
 	g := *t.Grant
 	if old != nil {
 		if g.RefreshToken.IsZero() {
-			g.RefreshToken, g.RefreshExpiry = old.RefreshToken, old.RefreshExpiry
+			g.RefreshToken = old.RefreshToken
+			if g.RefreshExpiry.IsZero() {
+				// An upstream that restarts an idle lifetime on each use
+				// reports the new expiry without a new refresh token.
+				g.RefreshExpiry = old.RefreshExpiry
+			}
 		}
 		if g.DeviceSecret.IsZero() {
 			g.DeviceSecret = old.DeviceSecret
