@@ -61,6 +61,11 @@ type Config struct {
 	// Connection is the name of a connection configured in the broker.
 	Connection string
 
+	// Account is the end user the tokens act for, on a connection that
+	// keeps one grant per user (an id the caller chooses; empty is the
+	// connection's default account).
+	Account string
+
 	// Scopes to request; order and duplicates do not matter. Empty means
 	// the connection's default scopes.
 	Scopes []string
@@ -119,6 +124,7 @@ func (c *Config) newTokenSource(ctx context.Context, conn grpc.ClientConnInterfa
 		ctx:        ctx,
 		client:     tokenbrokerv1.NewTokenBrokerServiceClient(conn),
 		connection: c.Connection,
+		account:    c.Account,
 		scopes:     slices.Clone(c.Scopes),
 		minTTL:     c.MinTTL,
 	}
@@ -130,6 +136,7 @@ type tokenSource struct {
 	ctx        context.Context
 	client     tokenbrokerv1.TokenBrokerServiceClient
 	connection string
+	account    string
 	scopes     []string
 	minTTL     time.Duration
 }
@@ -139,7 +146,7 @@ type tokenSource struct {
 var errEmptyToken = errors.New("broker returned no access token")
 
 func (s *tokenSource) Token() (*oauth2.Token, error) {
-	req := &tokenbrokerv1.GetTokenRequest{Connection: s.connection, Scopes: s.scopes}
+	req := &tokenbrokerv1.GetTokenRequest{Connection: s.connection, Account: s.account, Scopes: s.scopes}
 	if s.minTTL > 0 {
 		req.MinTtl = durationpb.New(s.minTTL)
 	}
@@ -169,12 +176,18 @@ func (s *tokenSource) Token() (*oauth2.Token, error) {
 // An empty accessToken drops whatever token is cached. A failed call returns
 // an error that keeps the call's gRPC status.
 func Invalidate(ctx context.Context, conn grpc.ClientConnInterface, connection string, scopes []string, accessToken string) error {
-	return invalidate(ctx, tokenbrokerv1.NewTokenBrokerServiceClient(conn), connection, scopes, accessToken)
+	return invalidate(ctx, tokenbrokerv1.NewTokenBrokerServiceClient(conn), connection, "", scopes, accessToken)
 }
 
-func invalidate(ctx context.Context, client tokenbrokerv1.TokenBrokerServiceClient, connection string, scopes []string, accessToken string) error {
+// Invalidate is [Invalidate] for c's connection, account and scopes.
+func (c *Config) Invalidate(ctx context.Context, conn grpc.ClientConnInterface, accessToken string) error {
+	return invalidate(ctx, tokenbrokerv1.NewTokenBrokerServiceClient(conn), c.Connection, c.Account, c.Scopes, accessToken)
+}
+
+func invalidate(ctx context.Context, client tokenbrokerv1.TokenBrokerServiceClient, connection, account string, scopes []string, accessToken string) error {
 	_, err := client.InvalidateToken(ctx, &tokenbrokerv1.InvalidateTokenRequest{
 		Connection:  connection,
+		Account:     account,
 		Scopes:      scopes,
 		AccessToken: accessToken,
 	})

@@ -274,3 +274,23 @@ func TestInvalidate(t *testing.T) {
 		t.Errorf("Invalidate() error = %v; want PermissionDenied with context", err)
 	}
 }
+
+// A Config with an Account asks for, and invalidates, that account's tokens.
+func TestAccount(t *testing.T) {
+	f := &fakeBroker{lifetime: time.Hour}
+	cc := startFake(t, f)
+	cfg := &brokerclient.Config{Connection: "wax", Account: "user-42"}
+	tok, err := cfg.TokenSource(context.Background(), cc).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.get(0).GetAccount(); got != "user-42" {
+		t.Errorf("GetToken account = %q; want user-42", got)
+	}
+	if err := cfg.Invalidate(context.Background(), cc, tok.AccessToken); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.invalidate(0).GetAccount(); got != "user-42" {
+		t.Errorf("InvalidateToken account = %q; want user-42", got)
+	}
+}

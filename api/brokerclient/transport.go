@@ -98,7 +98,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	// Report before dropping, so the fetch that follows does not get the
 	// same token back from the broker's cache.
-	err = invalidate(t.ctx, t.client, t.cfg.Connection, t.cfg.Scopes, tok.AccessToken)
+	err = invalidate(t.ctx, t.client, t.cfg.Connection, t.cfg.Account, t.cfg.Scopes, tok.AccessToken)
 	t.drop(gen)
 	if err != nil || !replayable(req) {
 		return resp, nil
