@@ -919,3 +919,95 @@ connections:
 		t.Errorf("client_credentials only: callback_addr = %q; want off", q.callbackAddr)
 	}
 }
+
+// TestAccountsThroughTheBinary: on -demo's WAX connection two people
+// authorize two accounts through the callback and get their own tokens; a
+// caller limited to accounts team-a-* is refused team-b-1; deleting an
+// account revokes it upstream and leaves the other.
+func TestAccountsThroughTheBinary(t *testing.T) {
+	const operatorKey, teamKey = "operator-api-key-0123456789", "team-a-api-key-0123456789"
+	hash := func(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "cc")
+	if err := os.WriteFile(secretFile, []byte("unused-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+auth:
+  callers:
+    - name: ops
+      api_key_sha256: [%s]
+      policy: {connections: ["*"], rpcs: [operator]}
+    - name: team-a
+      api_key_sha256: [%s]
+      policy: {connections: [demo-wax], accounts: ["team-a-*"], rpcs: [service]}
+connections:
+  - name: unused
+    type: client_credentials
+    token_url: http://127.0.0.1:1/o/token/
+    client_id: svc
+    client_secret: {file: %s}
+`, hash(operatorKey), hash(teamKey), secretFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBroker(t, "-demo", "-config", cfg, "-callback-addr", "127.0.0.1:0")
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	as := func(key string) context.Context {
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key), 20*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	for _, acct := range []string{"team-a-1", "team-b-1"} {
+		resp, err := client.StartAuthorization(as(operatorKey), &tokenbrokerv1.StartAuthorizationRequest{Connection: "demo-wax", Account: acct})
+		if err != nil {
+			t.Fatalf("StartAuthorization(%s) = %v", acct, err)
+		}
+		// The browser: the emulator approves as login_hint and redirects
+		// to the broker's callback.
+		r, err := http.Get(resp.GetAuthorizationUrl() + "&login_hint=" + acct + "-person")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("authorization of %s ended with HTTP %d", acct, r.StatusCode)
+		}
+	}
+	tokens := map[string]string{}
+	for _, acct := range []string{"team-a-1", "team-b-1"} {
+		tok, err := client.GetToken(as(operatorKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: acct})
+		if err != nil {
+			t.Fatalf("GetToken(%s) = %v", acct, err)
+		}
+		tokens[acct] = tok.GetAccessToken()
+	}
+	if tokens["team-a-1"] == tokens["team-b-1"] {
+		t.Errorf("two accounts got the same token")
+	}
+	if _, err := client.GetToken(as(teamKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-a-1"}); err != nil {
+		t.Errorf("team-a caller, account team-a-1 = %v; want a token", err)
+	}
+	if _, err := client.GetToken(as(teamKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-b-1"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("team-a caller, account team-b-1 = %v; want PermissionDenied", err)
+	}
+	list, err := client.ListAccounts(as(operatorKey), &tokenbrokerv1.ListAccountsRequest{Connection: "demo-wax"})
+	if err != nil || len(list.GetAccounts()) != 2 {
+		t.Fatalf("ListAccounts = %v, %v; want two accounts", list, err)
+	}
+	del, err := client.DeleteAccount(as(operatorKey), &tokenbrokerv1.DeleteAccountRequest{Connection: "demo-wax", Account: "team-b-1", RevokeUpstream: true})
+	if err != nil || !del.GetDeleted() {
+		t.Fatalf("DeleteAccount(team-b-1) = %v, %v", del, err)
+	}
+	if _, err := client.GetToken(as(operatorKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-b-1"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("GetToken(deleted account) = %v; want FailedPrecondition (needs authorization)", err)
+	}
+	if tok, err := client.GetToken(as(operatorKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-a-1"}); err != nil || tok.GetAccessToken() != tokens["team-a-1"] {
+		t.Errorf("GetToken(team-a-1) after deleting team-b-1 = %v; want its token", err)
+	}
+}
