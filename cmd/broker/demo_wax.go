@@ -27,12 +27,12 @@ func startDemoWAX(_ context.Context, d *demo) error {
 	// The callback's address is known only once the broker listens.
 	d.onCallback(func(baseURL string) { emu.SetRedirectURL(baseURL + server.CallbackPath) })
 	d.add(config.Connection{Name: "demo-wax", Type: "wax", Provider: &authcode.WAXConfig{Config: authcode.Config{
-		AuthorizeURL: base + waxemu.AuthorizePath,
+		AuthorizeURL:  base + waxemu.AuthorizePath,
 		TokenURL:      base + waxemu.TokenPath,
 		RevocationURL: base + waxemu.RevokePath,
 		ClientID:      clientID,
-		ClientSecret: d.setSecret("TOKENBROKER_DEMO_WAX_SECRET", sec),
-		Timeout:      providers.Duration{Duration: 5 * time.Second},
+		ClientSecret:  d.setSecret("TOKENBROKER_DEMO_WAX_SECRET", sec),
+		Timeout:       providers.Duration{Duration: 5 * time.Second},
 	}}})
 	d.log.Info("demo-wax needs authorization: call StartAuthorization for it and open the URL (curl -L works)")
 	return nil
