@@ -593,7 +593,8 @@ func checkMetrics(t *testing.T, url string) {
 			t.Fatal(err)
 		}
 		for _, name := range regexp.MustCompile(`\btokenbroker_[a-z_]+`).FindAllString(string(text), -1) {
-			if !strings.Contains(string(body), "# TYPE "+name+" ") {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+			if !strings.Contains(string(body), "# TYPE "+name+" ") && !strings.Contains(string(body), "# TYPE "+base+" histogram") {
 				t.Errorf("%s names %s, which /metrics does not export", doc, name)
 			}
 		}
@@ -1009,5 +1010,20 @@ connections:
 	}
 	if tok, err := client.GetToken(as(operatorKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-a-1"}); err != nil || tok.GetAccessToken() != tokens["team-a-1"] {
 		t.Errorf("GetToken(team-a-1) after deleting team-b-1 = %v; want its token", err)
+	}
+	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`tokenbroker_accounts{connection="demo-wax",state="ready"} 1`,
+		`tokenbroker_accounts{connection="demo-wax",state="revoked"} 0`,
+		`tokenbroker_grants_lost_total{connection="demo-wax"} 0`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s; have:\n%s", want, regexp.MustCompile(`(?m)^tokenbroker_accounts\{.*$`).FindAll(body, -1))
+		}
 	}
 }

@@ -215,6 +215,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		out := make([]metrics.ConnectionState, len(infos))
 		for i, info := range infos {
 			out[i] = metrics.ConnectionState{Name: info.Name, State: stateName(info.State), TokenExpiry: info.TokenExpiry}
+			if info.Accounts != nil {
+				out[i].Accounts = make(map[string]int64, len(info.Accounts))
+				for st, n := range info.Accounts {
+					out[i].Accounts[stateName(st)] = n
+				}
+			}
 		}
 		return out
 	})

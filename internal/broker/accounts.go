@@ -240,6 +240,7 @@ func (b *Broker) DeleteAccount(ctx context.Context, connection, account string, 
 	}
 	c.takePending(account, nil)
 	b.announceAccount(ctx, c, account)
+	b.markState(ctx, c, account, 0)
 	for _, ix := range []string{accountsKey(c.Name), keepAliveKey(c.Name)} {
 		if err := b.store.IndexRemove(ctx, ix, account); err != nil {
 			b.cacheTrouble(ctx, "index", "account index entry not removed", err)
@@ -347,3 +348,47 @@ func (b *Broker) keepAliveConn(c *conn) {
 // PageTokenFor is the ListAccounts page token of the page that starts at
 // account.
 func PageTokenFor(account string) string { return encodePageToken(account) }
+
+// Accounts in a state other than ready are also listed in one index per
+// state, updated on every change of state, so that counting accounts by
+// state costs one read per state, not a scan.
+var countedStates = []ConnectionState{StateNeedsAuthorization, StateRevoked, StateFailing}
+
+func stateKey(conn string, st ConnectionState) string {
+	return fmt.Sprintf("accountstate:{%s}:%d", conn, st)
+}
+
+// markState records that (c, account) is now in state st (0: deleted).
+func (b *Broker) markState(ctx context.Context, c *conn, account string, st ConnectionState) {
+	for _, s := range countedStates {
+		var err error
+		if s == st {
+			err = b.store.IndexAdd(ctx, stateKey(c.Name, s), account, 0)
+		} else {
+			err = b.store.IndexRemove(ctx, stateKey(c.Name, s), account)
+		}
+		if err != nil {
+			b.cacheTrouble(ctx, "index", "account state index not updated", err)
+			return
+		}
+	}
+}
+
+// countAccounts returns how many accounts c has in each state.
+func (b *Broker) countAccounts(ctx context.Context, c *conn) (map[ConnectionState]int64, error) {
+	total, err := b.store.IndexLen(ctx, accountsKey(c.Name))
+	if err != nil {
+		return nil, err
+	}
+	out := map[ConnectionState]int64{}
+	for _, s := range countedStates {
+		n, err := b.store.IndexLen(ctx, stateKey(c.Name, s))
+		if err != nil {
+			return nil, err
+		}
+		out[s] = n
+		total -= n
+	}
+	out[StateReady] = max(total, 0)
+	return out, nil
+}

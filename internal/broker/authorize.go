@@ -310,6 +310,7 @@ func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string
 	}
 	b.announceAccount(ctx, c, account)
 	b.indexAccount(ctx, c, account)
+	b.markState(ctx, c, account, StateReady)
 	b.schedule(ctx, c, account, g)
 	c.served(t.Expiry, t.Expiry.Sub(start))
 	b.log.InfoContext(ctx, what, "connection", c.Name, "account", account, "scopes", t.Scopes,

@@ -337,6 +337,9 @@ type ConnectionInfo struct {
 	GrantedScopes []string
 	Details       map[string]string
 	LastError     string
+	// Accounts counts the accounts by state, for connections that keep
+	// grants (nil otherwise, or when the store could not be read).
+	Accounts map[ConnectionState]int64
 }
 
 // Connections describes every connection, sorted by name. State is the
@@ -357,6 +360,9 @@ func (b *Broker) Connections(ctx context.Context) []ConnectionInfo {
 			info.Details = d.Describe()
 		}
 		if c.keepsGrant {
+			if n, err := b.countAccounts(ctx, c); err == nil {
+				info.Accounts = n
+			}
 			g, _, err := b.loadGrant(ctx, c, "")
 			switch {
 			case err != nil:
@@ -381,7 +387,9 @@ func (b *Broker) Connections(ctx context.Context) []ConnectionInfo {
 // recordFault records err as the connection's own failure when it is one (see
 // requestLevel), and reports whether it was.
 func (c *conn) recordFault(err error) bool {
-	if requestLevel(err) || errors.Is(err, ErrStore) {
+	if requestLevel(err) || errors.Is(err, ErrStore) ||
+		errors.Is(err, providers.ErrNeedsAuthorization) || errors.Is(err, providers.ErrRevoked) {
+		// The grant's state says these, per account.
 		return false
 	}
 	c.mu.Lock()

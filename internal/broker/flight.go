@@ -280,6 +280,14 @@ func (b *Broker) fetchHeld(ctx context.Context, h held) (*Token, bool, error) {
 		if werr := b.commit(ctx, c, h.lease, writes); werr != nil && ng != nil && (h.dirty || ng != h.g) {
 			c.keepPending(h.account, h.g, ng)
 		}
+		switch {
+		case c.keepsGrant && errors.Is(err, providers.ErrRevoked):
+			b.markState(ctx, c, h.account, StateRevoked)
+		case c.keepsGrant && h.g != nil && errors.Is(err, providers.ErrNeedsAuthorization):
+			b.markState(ctx, c, h.account, StateNeedsAuthorization)
+		case c.keepsGrant && h.g != nil && fault && h.meta.lastError == "":
+			b.markState(ctx, c, h.account, StateFailing)
+		}
 		if fault {
 			b.log.WarnContext(ctx, "token fetch failed", "connection", c.Name, "account", h.account, "scopes", h.scopes, "err", err)
 		} else {
@@ -314,6 +322,9 @@ func (b *Broker) fetchHeld(ctx context.Context, h held) (*Token, bool, error) {
 	}
 	if ng != nil && !h.stored {
 		b.indexAccount(ctx, c, h.account)
+	}
+	if h.meta.lastError != "" {
+		b.markState(ctx, c, h.account, StateReady)
 	}
 	if ng != nil && ng != h.g && (!c.grantDeath(ng).IsZero() || h.g != nil && !c.grantDeath(h.g).IsZero()) {
 		b.schedule(ctx, c, h.account, ng)

@@ -155,6 +155,7 @@ func (m *Metrics) Connection(name string) *Conn {
 		m.rejections.WithLabelValues(name, "invalid_scope")
 		m.rejections.WithLabelValues(name, "min_ttl")
 		m.grantsLost.WithLabelValues(name)
+		m.grantExpiry.WithLabelValues(name)
 		m.conns[name] = c
 	}
 	return c
@@ -284,6 +285,8 @@ type ConnectionState struct {
 	// State is "ready", "needs_authorization", "revoked" or "failing".
 	State       string
 	TokenExpiry time.Time
+	// Accounts by state ("ready", …), for connections with accounts.
+	Accounts map[string]int64
 }
 
 var states = []string{"ready", "needs_authorization", "revoked", "failing"}
@@ -296,15 +299,17 @@ func (m *Metrics) WatchConnections(list func(ctx context.Context) []ConnectionSt
 			"Seconds until the last token this replica handed out for the connection expires (negative: expired).", []string{"connection"}, nil),
 		state: prometheus.NewDesc(namespace+"_connection_state",
 			"1 for the connection's current state (ready, needs_authorization, revoked, failing).", []string{"connection", "state"}, nil),
+		accounts: prometheus.NewDesc(namespace+"_accounts",
+			"Accounts (end users) of a connection that keeps grants, by state.", []string{"connection", "state"}, nil),
 	})
 }
 
 type stateCollector struct {
-	list          func(ctx context.Context) []ConnectionState
-	expiry, state *prometheus.Desc
+	list                    func(ctx context.Context) []ConnectionState
+	expiry, state, accounts *prometheus.Desc
 }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.expiry; ch <- c.state }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.expiry; ch <- c.state; ch <- c.accounts }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -313,6 +318,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.list(ctx) {
 		if !s.TokenExpiry.IsZero() {
 			ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, s.TokenExpiry.Sub(now).Seconds(), s.Name)
+		}
+		if s.Accounts != nil {
+			for _, st := range states {
+				ch <- prometheus.MustNewConstMetric(c.accounts, prometheus.GaugeValue, float64(s.Accounts[st]), s.Name, st)
+			}
 		}
 		for _, st := range states {
 			v := 0.0
