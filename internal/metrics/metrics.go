@@ -309,7 +309,11 @@ type stateCollector struct {
 	expiry, state, accounts *prometheus.Desc
 }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.expiry; ch <- c.state; ch <- c.accounts }
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.expiry
+	ch <- c.state
+	ch <- c.accounts
+}
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
