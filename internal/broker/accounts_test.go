@@ -15,8 +15,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/cache/cachetest"
 	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
 	rediscache "github.com/tokenbroker/tokenbroker/internal/cache/redis"
+	"github.com/tokenbroker/tokenbroker/internal/emulator/waxemu"
 	"github.com/tokenbroker/tokenbroker/internal/emulator/wxemu"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
+	"github.com/tokenbroker/tokenbroker/internal/providers/authcode"
 	"github.com/tokenbroker/tokenbroker/internal/providers/wx"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 	"github.com/tokenbroker/tokenbroker/internal/testutil/redistest"
@@ -315,4 +317,37 @@ func toJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A public client (no secret, client_authentication: none) completes an
+// authorization with PKCE through the broker and refreshes its grant.
+func TestPublicClientAuthorizesAndRefreshes(t *testing.T) {
+	clk := cachetest.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	emu := waxemu.New(waxemu.Options{ClientID: "public-app", Now: clk.Now, RedirectURL: "https://broker.example/oauth2/callback", PublicClient: true})
+	emu.SetRotate(true)
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	cfg := &authcode.Config{AuthorizeURL: srv.URL + waxemu.AuthorizePath, TokenURL: srv.URL + waxemu.TokenPath,
+		ClientID: "public-app", ClientAuthentication: authcode.ClientAuthNone, PKCE: true,
+		ExtraAuthorizeParams: map[string]string{"duration": "permanent"}}
+	p, err := cfg.Open(providers.Env{Name: "public", Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Cache: newMem(t, clk), Now: clk.Now, DisableRefreshAhead: true, DisableKeepAlive: true,
+		Connections: []broker.Connection{{Name: "public", Type: "authorization_code", Provider: p, Skew: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	authorizeAs(t, b, "public", "pat", "pat")
+	first := tokenOf(t, b, "public", "pat")
+	clk.Advance(waxemu.TokenLifetime)
+	second := tokenOf(t, b, "public", "pat")
+	if first == second || !emu.Valid(second) || emu.UserOf(second) != "pat" {
+		t.Errorf("after the token expired, GetToken did not refresh pat's grant")
+	}
+	if c := emu.Counts(); c.PKCEFailures != 0 || c.Refreshes != 1 {
+		t.Errorf("emulator counts = %+v; want 1 refresh and no PKCE failure", c)
+	}
 }
