@@ -41,6 +41,12 @@ GO_MODULES := . api
 test-go:
 	@set -e; for m in $(GO_MODULES); do echo "go test -race ./... ($$m)"; (cd $$m && $(GO) test -race -count=1 ./...); done
 
+## bench-accounts: 100 000 accounts on one connection in Redis mode (heap per idle account, ListAccounts
+## page latency, keep-alive work); figures in BENCHMARKS.md.
+.PHONY: bench-accounts
+bench-accounts: deps
+	TOKENBROKER_ACCOUNTS=100000 $(GO) test -count=1 -run '^TestAccountsAtScale$$' -v ./internal/broker
+
 ## test-stress: the shared-work stress test at full scale (upstream latency up to 2 s,
 ## caller deadlines up to 5 s); `make test` runs it scaled down.
 .PHONY: test-stress

@@ -121,6 +121,7 @@ func TestAccountsAtScale(t *testing.T) {
 		slices.Sort(ds)
 		return ds[len(ds)/2]
 	}
+	pageLatency("small") // warm the connections and the scripts
 	pSmall, pBig := pageLatency("small"), pageLatency("big")
 
 	// keepAliveBatch at a time: drain the due ones.
