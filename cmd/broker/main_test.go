@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,9 +40,12 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/emulator/ccemu"
+	"github.com/tokenbroker/tokenbroker/internal/emulator/waxemu"
+	"github.com/tokenbroker/tokenbroker/internal/emulator/wxemu"
 	"github.com/tokenbroker/tokenbroker/internal/testutil/logtest"
 )
 
@@ -1025,5 +1029,108 @@ connections:
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s; have:\n%s", want, regexp.MustCompile(`(?m)^tokenbroker_accounts\{.*$`).FindAll(body, -1))
 		}
+	}
+}
+
+// TestPublicClientAndImportedWXThroughTheBinary: a public client
+// (client_authentication: none, PKCE) completes an authorization through the
+// broker's callback and refreshes; a keyless WX connection serves an account
+// from a grant imported from the WX app, refreshes it with rotation, and
+// reports NEEDS_AUTHORIZATION once the gateway refuses its refresh token.
+func TestPublicClientAndImportedWXThroughTheBinary(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	callbackAddr := lis.Addr().String()
+	lis.Close()
+	wax := waxemu.New(waxemu.Options{ClientID: "public-app", PublicClient: true,
+		RedirectURL: "http://" + callbackAddr + "/oauth2/callback"})
+	wax.SetRotate(true)
+	waxSrv := httptest.NewServer(wax)
+	defer waxSrv.Close()
+	wxg := wxemu.New(wxemu.Options{ClientID: "wx-app-client", Rotation: true, ExpiresIn: wxemu.Relative})
+	wxSrv := httptest.NewServer(wxg)
+	defer wxSrv.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+auth:
+  allow_anonymous: {enabled: true, loopback_only: true, policy: {connections: ["*"], rpcs: [operator]}}
+connections:
+  - name: public
+    type: authorization_code
+    authorize_url: %[1]s/v1/authorize
+    token_url: %[1]s/v1/access_token
+    client_id: public-app
+    client_authentication: none
+    pkce: true
+    extra_authorize_params: {duration: permanent}
+  - name: wx-app
+    type: wx
+    token_url: %[2]s/v1/oauth2/token
+    client_id: wx-app-client
+    credentials: imported
+`, waxSrv.URL, wxSrv.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBroker(t, "-config", cfg, "-callback-addr", callbackAddr)
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	start, err := client.StartAuthorization(ctx, &tokenbrokerv1.StartAuthorizationRequest{Connection: "public", Account: "pat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := http.Get(start.GetAuthorizationUrl() + "&login_hint=pat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("public client's authorization ended with HTTP %d", r.StatusCode)
+	}
+	first, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "public", Account: "pat"})
+	if err != nil {
+		t.Fatalf("GetToken(public, pat) = %v", err)
+	}
+	second, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "public", Account: "pat", ForceRefresh: true})
+	if err != nil || second.GetAccessToken() == first.GetAccessToken() || wax.UserOf(second.GetAccessToken()) != "pat" {
+		t.Fatalf("GetToken(public, pat, force_refresh) = %v; want a refreshed token of pat's", err)
+	}
+	if c := wax.Counts(); c.Refreshes != 1 || c.PKCEFailures != 0 {
+		t.Errorf("public client's upstream counts = %+v; want one refresh, no PKCE failure", c)
+	}
+
+	const addr = "3PImportedUserAddress"
+	app := wxg.IssueAppTokens(addr, time.Hour)
+	if _, err := client.ImportGrant(ctx, &tokenbrokerv1.ImportGrantRequest{Connection: "wx-app", Account: "u1",
+		RefreshToken: app.RefreshToken, AccessToken: app.AccessToken, ExpiresAt: timestamppb.New(app.Expiry)}); err != nil {
+		t.Fatalf("ImportGrant = %v", err)
+	}
+	got, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "wx-app", Account: "u1"})
+	if err != nil || got.GetAccessToken() != app.AccessToken {
+		t.Fatalf("GetToken(wx-app, u1) = %v; want the imported token", err)
+	}
+	for i := range 2 {
+		got, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "wx-app", Account: "u1", ForceRefresh: true})
+		if err != nil || wxg.AddressOf(got.GetAccessToken()) != addr {
+			t.Fatalf("refresh #%d of the imported grant = %v; want a token of its address", i+1, err)
+		}
+	}
+	wxg.RevokeRefreshTokens()
+	_, err = client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "wx-app", Account: "u1", ForceRefresh: true})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("GetToken once the gateway refuses the refresh token = %v; want FailedPrecondition", err)
+	}
+	list, err := client.ListAccounts(ctx, &tokenbrokerv1.ListAccountsRequest{Connection: "wx-app"})
+	if err != nil || len(list.GetAccounts()) != 1 || list.GetAccounts()[0].GetState() != tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION {
+		t.Errorf("ListAccounts(wx-app) = %v, %v; want u1 in NEEDS_AUTHORIZATION", list, err)
 	}
 }
