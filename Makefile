@@ -47,6 +47,11 @@ test-go:
 bench-accounts: deps
 	TOKENBROKER_ACCOUNTS=100000 $(GO) test -count=1 -run '^TestAccountsAtScale$$' -v ./internal/broker
 
+## test-slow: tests that need minutes of real time (an idle grant kept alive for 3 minutes through the binary).
+.PHONY: test-slow
+test-slow: deps
+	TOKENBROKER_SLOW_TESTS=1 $(GO) test -count=1 -run '^TestIdleGrantKeptAliveThroughTheBinary$$' -v ./cmd/broker
+
 ## test-stress: the shared-work stress test at full scale (upstream latency up to 2 s,
 ## caller deadlines up to 5 s); `make test` runs it scaled down.
 .PHONY: test-stress

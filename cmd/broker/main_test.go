@@ -664,12 +664,7 @@ connections:
 // same status; the connection stays READY, its state metric not failing.
 func TestRequestRejectionThroughTheBinary(t *testing.T) {
 	p := startBroker(t, "-demo")
-	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	client := p.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := range 5 {
@@ -748,12 +743,7 @@ connections:
 		t.Fatal(err)
 	}
 	p := startBroker(t, "-config", cfg)
-	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	client := p.client(t)
 	get := func(d time.Duration, req *tokenbrokerv1.GetTokenRequest) error {
 		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key), d)
 		defer cancel()
@@ -957,12 +947,7 @@ connections:
 		t.Fatal(err)
 	}
 	p := startBroker(t, "-demo", "-config", cfg, "-callback-addr", "127.0.0.1:0")
-	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	client := p.client(t)
 	as := func(key string) context.Context {
 		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key), 20*time.Second)
 		t.Cleanup(cancel)
@@ -1038,12 +1023,7 @@ connections:
 // from a grant imported from the WX app, refreshes it with rotation, and
 // reports NEEDS_AUTHORIZATION once the gateway refuses its refresh token.
 func TestPublicClientAndImportedWXThroughTheBinary(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	callbackAddr := lis.Addr().String()
-	lis.Close()
+	callbackAddr := freeLoopbackAddr(t)
 	wax := waxemu.New(waxemu.Options{ClientID: "public-app", PublicClient: true,
 		RedirectURL: "http://" + callbackAddr + "/oauth2/callback"})
 	wax.SetRotate(true)
@@ -1075,12 +1055,7 @@ connections:
 		t.Fatal(err)
 	}
 	p := startBroker(t, "-config", cfg, "-callback-addr", callbackAddr)
-	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	client := p.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -1133,4 +1108,81 @@ connections:
 	if err != nil || len(list.GetAccounts()) != 1 || list.GetAccounts()[0].GetState() != tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION {
 		t.Errorf("ListAccounts(wx-app) = %v, %v; want u1 in NEEDS_AUTHORIZATION", list, err)
 	}
+}
+
+// TestIdleGrantKeptAliveThroughTheBinary: an account whose refresh token
+// dies after 60 s unused is still alive after 3 minutes without a call.
+// It takes 3 minutes of real time, so it runs only with
+// TOKENBROKER_SLOW_TESTS=1 (make test-slow).
+func TestIdleGrantKeptAliveThroughTheBinary(t *testing.T) {
+	if os.Getenv("TOKENBROKER_SLOW_TESTS") == "" {
+		t.Skip("3 minutes of real time: run with TOKENBROKER_SLOW_TESTS=1 (make test-slow)")
+	}
+	callbackAddr := freeLoopbackAddr(t)
+	wax := waxemu.New(waxemu.Options{ClientID: "idle-app", ClientSecret: "idle-secret", RefreshTokenLifetime: time.Minute,
+		RedirectURL: "http://" + callbackAddr + "/oauth2/callback"})
+	waxSrv := httptest.NewServer(wax)
+	defer waxSrv.Close()
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "wax")
+	if err := os.WriteFile(secretFile, []byte("idle-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+auth:
+  allow_anonymous: {enabled: true, loopback_only: true, policy: {connections: ["*"], rpcs: [operator]}}
+connections:
+  - name: idle
+    type: wax
+    authorize_url: %[1]s/v1/authorize
+    token_url: %[1]s/v1/access_token
+    client_id: idle-app
+    client_secret: {file: %[2]s}
+`, waxSrv.URL, secretFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startBroker(t, "-config", cfg, "-callback-addr", callbackAddr)
+	client := p.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start, err := client.StartAuthorization(ctx, &tokenbrokerv1.StartAuthorizationRequest{Connection: "idle", Account: "ivan"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := http.Get(start.GetAuthorizationUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	time.Sleep(3 * time.Minute) // no calls at all: only the broker's keep-alive
+	if _, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Connection: "idle", Account: "ivan", ForceRefresh: true}); err != nil {
+		t.Fatalf("GetToken after 3 idle minutes = %v; want the grant alive", err)
+	}
+	if c := wax.Counts(); c.InvalidGrant != 0 || c.Refreshes < 3 {
+		t.Errorf("upstream counts = %+v; want at least 3 keep-alive refreshes and no refused refresh token", c)
+	}
+}
+
+// client dials p's gRPC port; the connection closes with the test.
+func (p *process) client(t *testing.T) tokenbrokerv1.TokenBrokerServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+}
+
+// freeLoopbackAddr is a loopback address nothing listens on, for a listener
+// whose address an upstream emulator must know before the broker starts.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
 }

@@ -176,6 +176,17 @@ func newFixture(t *testing.T, store cache.Cache, wrap func(*fakeUpstream) provid
 	return &fixture{clk: clk, store: store, up: up, b: b}
 }
 
+// storeGrant stores a ready grant with refresh token rt in c, as the one
+// the upstream knows.
+func (f *fixture) storeGrant(t *testing.T, c cache.Cache, rt string) {
+	t.Helper()
+	f.up.current = rt
+	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New(rt)}, grantMeta{})
+	if err := c.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // hold makes every upstream call wait until the returned release is called.
 func (f *fixture) hold() (release func()) {
 	gate := make(chan struct{})
@@ -266,11 +277,7 @@ func TestSharedFetchOutlivesItsFirstCaller(t *testing.T) {
 // next caller does not present the revoked one, and the grant survives.
 func TestRotationSurvivesAnImpatientCaller(t *testing.T) {
 	f := newFixture(t, nil, func(u *fakeUpstream) providers.Provider { return rotating{u} }, Options{})
-	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
-	if err := f.store.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
-		t.Fatal(err)
-	}
+	f.storeGrant(t, f.store, "rt-0")
 	release := f.hold()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -387,11 +394,7 @@ func TestConnectionFaultMarksTheConnection(t *testing.T) {
 // grant is the one that stays: the refresh never overwrites it.
 func TestCompletionWaitsForTheLease(t *testing.T) {
 	f := newFixture(t, nil, func(u *fakeUpstream) providers.Provider { return rotating{u} }, Options{})
-	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
-	if err := f.store.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
-		t.Fatal(err)
-	}
+	f.storeGrant(t, f.store, "rt-0")
 	release := f.hold()
 	refresh := f.getAsync(context.Background(), Request{Connection: "c"})
 	f.awaitCall(t)
@@ -466,11 +469,7 @@ func TestColdMissRoundTrips(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = rc.Close() })
 			f := newFixture(t, rc, tc.wrap, Options{})
-			f.up.current = "rt-0"
-			raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
-			if err := rc.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
-				t.Fatal(err)
-			}
+			f.storeGrant(t, rc, "rt-0")
 			// Load the scripts first: the first run of each sends it whole.
 			if _, err := f.b.GetToken(t.Context(), Request{Connection: "c", Scopes: []string{"warm"}}); err != nil {
 				t.Fatal(err)
@@ -527,11 +526,7 @@ func TestGrantKeptWhenTheStoreRefusesItsWrite(t *testing.T) {
 	f.clk = clk
 	f.up.now = clk.Now
 	f.b.now = clk.Now
-	f.up.current = "rt-0"
-	raw, _ := encodeGrant(&providers.Grant{State: providers.GrantReady, RefreshToken: secret.New("rt-0")}, grantMeta{})
-	if err := mc.Set(t.Context(), grantKey("c", ""), raw, 0); err != nil {
-		t.Fatal(err)
-	}
+	f.storeGrant(t, mc, "rt-0")
 	store.fail.Store(true)
 	if _, err := f.b.GetToken(t.Context(), Request{Connection: "c"}); err != nil {
 		t.Fatalf("GetToken while the store refuses writes = %v; want the refreshed token", err)
@@ -544,7 +539,7 @@ func TestGrantKeptWhenTheStoreRefusesItsWrite(t *testing.T) {
 	if _, _, invalid := f.up.counts(); invalid != 0 {
 		t.Errorf("the upstream saw %d spent refresh tokens; want 0", invalid)
 	}
-	raw, _ = mc.Get(t.Context(), grantKey("c", ""))
+	raw, _ := mc.Get(t.Context(), grantKey("c", ""))
 	if g, _, _ := decodeGrant(raw); g.RefreshToken.Reveal() != f.up.current {
 		t.Errorf("stored refresh token is not the upstream's current one")
 	}

@@ -109,17 +109,3 @@ func accountProto(info broker.AccountInfo) *tokenbrokerv1.Account {
 	}
 	return a
 }
-
-func brokerState(s tokenbrokerv1.ConnectionState) broker.ConnectionState {
-	switch s {
-	case tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY:
-		return broker.StateReady
-	case tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION:
-		return broker.StateNeedsAuthorization
-	case tokenbrokerv1.ConnectionState_CONNECTION_STATE_REVOKED:
-		return broker.StateRevoked
-	case tokenbrokerv1.ConnectionState_CONNECTION_STATE_FAILING:
-		return broker.StateFailing
-	}
-	return 0
-}

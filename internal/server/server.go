@@ -157,18 +157,34 @@ func connectionProto(info broker.ConnectionInfo) *tokenbrokerv1.Connection {
 	return c
 }
 
+// states pairs the broker's connection and account states with the API's.
+var states = []struct {
+	b broker.ConnectionState
+	p tokenbrokerv1.ConnectionState
+}{
+	{broker.StateReady, tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY},
+	{broker.StateNeedsAuthorization, tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION},
+	{broker.StateRevoked, tokenbrokerv1.ConnectionState_CONNECTION_STATE_REVOKED},
+	{broker.StateFailing, tokenbrokerv1.ConnectionState_CONNECTION_STATE_FAILING},
+}
+
 func stateProto(s broker.ConnectionState) tokenbrokerv1.ConnectionState {
-	switch s {
-	case broker.StateReady:
-		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_READY
-	case broker.StateNeedsAuthorization:
-		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_NEEDS_AUTHORIZATION
-	case broker.StateRevoked:
-		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_REVOKED
-	case broker.StateFailing:
-		return tokenbrokerv1.ConnectionState_CONNECTION_STATE_FAILING
+	for _, st := range states {
+		if st.b == s {
+			return st.p
+		}
 	}
 	return tokenbrokerv1.ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+// brokerState is stateProto's inverse; UNSPECIFIED is 0 (any state).
+func brokerState(s tokenbrokerv1.ConnectionState) broker.ConnectionState {
+	for _, st := range states {
+		if st.p == s {
+			return st.b
+		}
+	}
+	return 0
 }
 
 func checkConnection(name string) error {
