@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -39,10 +38,11 @@ var GRPCHandlingBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1
 // Metrics holds every metric. Its methods are safe for concurrent use.
 type Metrics struct {
 	Registry *prometheus.Registry
-	// GRPC is the grpc-ecosystem server metrics provider; register its
-	// interceptors on the server and call its InitializeMetrics once the
-	// services are registered.
-	GRPC *grpcprom.ServerMetrics
+	// GRPC are the gRPC server metrics, the series of grpc-ecosystem's
+	// Prometheus provider (see ServerMetrics); register its interceptors
+	// on the server and call its InitializeMetrics once the services are
+	// registered.
+	GRPC *ServerMetrics
 
 	getToken        *prometheus.CounterVec
 	upstream        *prometheus.CounterVec
@@ -65,8 +65,7 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets(GRPCHandlingBuckets))),
+		GRPC:     NewServerMetrics(GRPCHandlingBuckets),
 		getToken: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "get_token_total",
 			Help: "GetToken calls by connection and outcome: l1_hit, shared_hit, fetched, or the gRPC error code."},
 			[]string{"connection", "outcome"}),
