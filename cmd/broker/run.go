@@ -399,7 +399,8 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(64 << 10),
-		grpc.ChainUnaryInterceptor(reqlog.UnaryInterceptor(log), m.GRPC.UnaryServerInterceptor(), authn.UnaryInterceptor(server.RefusalStatus)),
+		// reqlog, the gRPC metrics and auth folded into one (issue 16).
+		grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log, m.GRPC, authn)),
 		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor(server.RefusalStatus)),
 	}
 	if n := cfg.Listen.GRPCStreamWorkers; n != nil && *n > 0 {

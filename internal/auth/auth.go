@@ -14,8 +14,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+
+	"github.com/tokenbroker/tokenbroker/internal/incoming"
 )
 
 // How a caller was identified.
@@ -140,18 +141,55 @@ func exempt(fullMethod string) bool {
 func (a *Authenticator) UnaryInterceptor(toStatus func(error) error) grpc.UnaryServerInterceptor {
 	toStatus = orSelf(toStatus)
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if exempt(info.FullMethod) {
-			return handler(ctx, req)
-		}
-		c, err := a.authorize(ctx, info.FullMethod)
+		adm, err := a.Admit(ctx, info.FullMethod, req)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		if err := c.checkRequest(req); err != nil {
-			return nil, toStatus(err)
-		}
-		return handler(newContext(ctx, c), req)
+		return handler(adm.NewContext(ctx), req)
 	}
+}
+
+// Admit decides a unary call to fullMethod with request req, made with
+// ctx, as UnaryInterceptor does, for an interceptor that does more than
+// authenticate: it returns the admission to put into the call's context,
+// or the refusal, a *RefusalError. A method open to everyone is admitted
+// with the zero Admission, which puts nothing into the context.
+func (a *Authenticator) Admit(ctx context.Context, fullMethod string, req any) (Admission, error) {
+	if exempt(fullMethod) {
+		return Admission{}, nil
+	}
+	c, err := a.authorize(ctx, fullMethod)
+	if err != nil {
+		return Admission{}, err
+	}
+	if err := c.checkRequest(req); err != nil {
+		return Admission{}, err
+	}
+	return Admission{c}, nil
+}
+
+// An Admission is an admitted call's caller, to be put into the call's
+// context so that CallerFrom and MayUseConnection find it.
+type Admission struct{ c *caller }
+
+// NewContext returns ctx carrying the admission (ctx itself for the zero
+// Admission).
+func (d Admission) NewContext(ctx context.Context) context.Context {
+	if d.c == nil {
+		return ctx
+	}
+	return newContext(ctx, d.c)
+}
+
+// KeyValue returns the key and value that NewContext would put into the
+// context with context.WithValue, for a context that holds them next to
+// values of its own without another allocation (reqlog.Call.Attach). The
+// key is nil for the zero Admission.
+func (d Admission) KeyValue() (key, val any) {
+	if d.c == nil {
+		return nil, nil
+	}
+	return callerKey{}, d.c
 }
 
 // StreamInterceptor is UnaryInterceptor for streaming methods: it checks
@@ -214,8 +252,7 @@ func (a *Authenticator) authorize(ctx context.Context, fullMethod string) (*call
 // verified client certificate, else anonymous if allowed. A credential that
 // is present but not recognized is refused, never downgraded to anonymous.
 func (a *Authenticator) identify(ctx context.Context) (*caller, error) {
-	// Not FromIncomingContext: that copies the whole metadata map.
-	if vals := metadata.ValueFromIncomingContext(ctx, "authorization"); len(vals) > 0 {
+	if vals := incoming.Get(ctx, "authorization"); len(vals) > 0 {
 		return a.byAPIKey(vals)
 	}
 	p, _ := peer.FromContext(ctx)

@@ -19,8 +19,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/internal/incoming"
 )
 
 // Header is the metadata key a caller may set to choose the request id.
@@ -28,27 +29,40 @@ const Header = "x-request-id"
 
 type ctxKey struct{}
 
-// idContext carries a call's request id. It is the interceptor's only
-// allocation per call: the id the interceptor assigns is kept as its counter
-// value and formatted only when something asks for it (a log line), which a
-// cached GetToken at info level never does.
-type idContext struct {
+// A Call is the context of one gRPC call or HTTP request: it carries the
+// request id. It is the interceptor's only allocation per call: the id the
+// interceptor assigns is kept as its counter value and formatted only when
+// something asks for it (a log line), which a cached GetToken at info level
+// never does.
+type Call struct {
 	context.Context
 	id string // set by WithID or the caller; else n is formatted
 	n  uint64 // 0: none
 	// cause is what SetCause recorded: the detail behind an INTERNAL
 	// answer, logged on the call's line instead of a line of its own.
 	cause error
+	// key and val are one more value the context carries (Attach).
+	key, val any
 }
 
-func (c *idContext) Value(key any) any {
+func (c *Call) Value(key any) any {
 	if key == (ctxKey{}) {
 		return c
+	}
+	if c.key != nil && key == c.key {
+		return c.val
 	}
 	return c.Context.Value(key)
 }
 
-func (c *idContext) requestID() string {
+// Attach makes the call's context carry val under key as well, as
+// context.WithValue would, without another context. It may be called once,
+// before the context is handed to anyone else; a nil key attaches nothing.
+func (c *Call) Attach(key, val any) {
+	c.key, c.val = key, val
+}
+
+func (c *Call) requestID() string {
 	if c.id != "" || c.n == 0 {
 		return c.id
 	}
@@ -57,12 +71,12 @@ func (c *idContext) requestID() string {
 
 // WithID returns ctx carrying request id id.
 func WithID(ctx context.Context, id string) context.Context {
-	return &idContext{Context: ctx, id: id}
+	return &Call{Context: ctx, id: id}
 }
 
 // ID returns the request id in ctx, or "".
 func ID(ctx context.Context) string {
-	if c, ok := ctx.Value(ctxKey{}).(*idContext); ok {
+	if c, ok := ctx.Value(ctxKey{}).(*Call); ok {
 		return c.requestID()
 	}
 	return ""
@@ -73,7 +87,7 @@ func ID(ctx context.Context) string {
 // carries no call of this package's interceptor: log err yourself then. err
 // must not contain a secret.
 func SetCause(ctx context.Context, err error) bool {
-	c, ok := ctx.Value(ctxKey{}).(*idContext)
+	c, ok := ctx.Value(ctxKey{}).(*Call)
 	if !ok {
 		return false
 	}
@@ -127,8 +141,7 @@ func safeID(v string) string {
 
 // callerID returns the caller's x-request-id if safeID accepts it.
 func callerID(ctx context.Context) string {
-	// Not FromIncomingContext: that copies the whole metadata map.
-	v := metadata.ValueFromIncomingContext(ctx, Header)
+	v := incoming.Get(ctx, Header)
 	if len(v) != 1 {
 		return ""
 	}
@@ -136,72 +149,87 @@ func callerID(ctx context.Context) string {
 }
 
 // newContext gives a call or request its id: the caller's, or a fresh one.
-func newContext(ctx context.Context, id string) *idContext {
-	c := &idContext{Context: ctx, id: id}
+func newContext(ctx context.Context, id string) *Call {
+	c := &Call{Context: ctx, id: id}
 	if c.id == "" {
 		c.n = counter.Add(1)
 	}
 	return c
 }
 
-// UnaryInterceptor assigns the request id and logs each call: failures with
-// what went wrong (see CodeLevel), successes at debug level (checked before
-// any work, so a cached GetToken logs nothing and allocates nothing for it
-// at info).
+// UnaryInterceptor assigns the request id and logs each call (see
+// StartCall and Call.Log).
 func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		c := newContext(ctx, callerID(ctx))
-		ctx = c
+		c := StartCall(ctx)
 		start := time.Now()
-		resp, err := handler(ctx, req)
-		if err == nil {
-			if log.Enabled(ctx, slog.LevelDebug) {
-				log.LogAttrs(ctx, slog.LevelDebug, "rpc", slog.String("method", info.FullMethod),
-					slog.String("code", codes.OK.String()), slog.Duration("took", time.Since(start)))
-			}
-			return resp, nil
-		}
-		st := status.Convert(err)
-		level := CodeLevel(st.Code())
-		if !log.Enabled(ctx, level) {
-			return resp, err
-		}
-		attrs := make([]slog.Attr, 0, 10)
-		attrs = append(attrs, slog.String("method", info.FullMethod), slog.String("code", st.Code().String()))
-		var ei *errdetails.ErrorInfo
-		for _, d := range st.Details() {
-			if e, ok := d.(*errdetails.ErrorInfo); ok {
-				ei = e
-				break
-			}
-		}
-		conn := ei.GetMetadata()["connection"]
-		if r, ok := req.(interface{ GetConnection() string }); ok && conn == "" {
-			conn = loggableName(r.GetConnection())
-		}
-		if ei != nil {
-			attrs = append(attrs, slog.String("reason", ei.GetReason()))
-		}
-		if conn != "" {
-			attrs = append(attrs, slog.String("connection", conn))
-		}
-		if caller := ei.GetMetadata()["caller"]; caller != "" {
-			attrs = append(attrs, slog.String("caller", caller))
-		}
-		if oc := ei.GetMetadata()["oauth_error"]; oc != "" {
-			attrs = append(attrs, slog.String("oauth_error", oc))
-		}
-		if r, ok := req.(interface{ GetScopes() []string }); ok {
-			attrs = append(attrs, scopesAttr(r.GetScopes()))
-		}
-		attrs = append(attrs, slog.String("error", st.Message()))
-		if c.cause != nil {
-			attrs = append(attrs, slog.String("cause", c.cause.Error()))
-		}
-		attrs = append(attrs, slog.Duration("took", time.Since(start)))
-		log.LogAttrs(ctx, level, "rpc", attrs...)
+		resp, err := handler(c, req)
+		c.Log(log, info.FullMethod, req, err, time.Since(start))
 		return resp, err
 	}
+}
+
+// StartCall returns the context of a gRPC call made with ctx, carrying its
+// request id: the caller's x-request-id if it is a short token of safe
+// characters, else a fresh one. It is UnaryInterceptor's first half, for an
+// interceptor that does more than log.
+func StartCall(ctx context.Context) *Call {
+	return newContext(ctx, callerID(ctx))
+}
+
+// Log logs the call to fullMethod once it is over, as UnaryInterceptor
+// does: a failure with what went wrong, at the level CodeLevel gives; a
+// success at debug level, checked before any work, so a cached GetToken
+// logs nothing and allocates nothing for it at info. err is what the
+// handler (or an interceptor inside this one) returned, took the time it
+// took.
+func (c *Call) Log(log *slog.Logger, fullMethod string, req any, err error, took time.Duration) {
+	if err == nil {
+		if log.Enabled(c, slog.LevelDebug) {
+			log.LogAttrs(c, slog.LevelDebug, "rpc", slog.String("method", fullMethod),
+				slog.String("code", codes.OK.String()), slog.Duration("took", took))
+		}
+		return
+	}
+	st := status.Convert(err)
+	level := CodeLevel(st.Code())
+	if !log.Enabled(c, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs, slog.String("method", fullMethod), slog.String("code", st.Code().String()))
+	var ei *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if e, ok := d.(*errdetails.ErrorInfo); ok {
+			ei = e
+			break
+		}
+	}
+	conn := ei.GetMetadata()["connection"]
+	if r, ok := req.(interface{ GetConnection() string }); ok && conn == "" {
+		conn = loggableName(r.GetConnection())
+	}
+	if ei != nil {
+		attrs = append(attrs, slog.String("reason", ei.GetReason()))
+	}
+	if conn != "" {
+		attrs = append(attrs, slog.String("connection", conn))
+	}
+	if caller := ei.GetMetadata()["caller"]; caller != "" {
+		attrs = append(attrs, slog.String("caller", caller))
+	}
+	if oc := ei.GetMetadata()["oauth_error"]; oc != "" {
+		attrs = append(attrs, slog.String("oauth_error", oc))
+	}
+	if r, ok := req.(interface{ GetScopes() []string }); ok {
+		attrs = append(attrs, scopesAttr(r.GetScopes()))
+	}
+	attrs = append(attrs, slog.String("error", st.Message()))
+	if c.cause != nil {
+		attrs = append(attrs, slog.String("cause", c.cause.Error()))
+	}
+	attrs = append(attrs, slog.Duration("took", took))
+	log.LogAttrs(c, level, "rpc", attrs...)
 }
 
 // CodeLevel is the level a failed call is logged at: info for the caller's

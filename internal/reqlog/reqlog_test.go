@@ -108,6 +108,31 @@ func TestContextStillCarriesEverything(t *testing.T) {
 	})
 }
 
+// TestAttach: a value attached to a call is found like one put there by
+// context.WithValue, next to the request id and the parent's values.
+func TestAttach(t *testing.T) {
+	type key struct{}
+	type other struct{}
+	parent := context.WithValue(context.Background(), other{}, "parent")
+	c := StartCall(parent)
+	if c.Value(key{}) != nil {
+		t.Fatal("Value(key) before Attach is not nil")
+	}
+	c.Attach(key{}, "attached")
+	if got := c.Value(key{}); got != "attached" {
+		t.Errorf("Value(key) = %v; want attached", got)
+	}
+	if got := c.Value(other{}); got != "parent" {
+		t.Errorf("Value(other) = %v; want the parent's", got)
+	}
+	if ID(c) == "" {
+		t.Error("no request id after Attach")
+	}
+	if ID(context.WithValue(c, other{}, "child")) != ID(c) {
+		t.Error("a child context lost the request id")
+	}
+}
+
 // TestSuccessAllocatesOnce: at info level a successful call costs the
 // interceptor one allocation (the context carrying the id), and nothing
 // for logging.
