@@ -2,8 +2,10 @@ package metrics
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +34,11 @@ type ServerMetrics struct {
 	sent     *prometheus.CounterVec
 	handling *prometheus.HistogramVec
 
-	methods sync.Map // full method name → *methodMetrics
+	// methods maps full method names to their resolved series. It is
+	// replaced, never modified, so a call reads it without a lock: a plain
+	// map's string lookup costs half of a sync.Map's.
+	methods atomic.Pointer[map[string]*methodMetrics]
+	mu      sync.Mutex // held while replacing methods
 }
 
 // grpcCodes is grpc-ecosystem's interceptors.AllCodes: the codes whose
@@ -101,6 +107,12 @@ func (m *ServerMetrics) Collect(ch chan<- prometheus.Metric) {
 // server, at zero, and resolves them for the interceptors. Call it after
 // registering the services and before serving.
 func (m *ServerMetrics) InitializeMetrics(server reflection.ServiceInfoProvider) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	methods := map[string]*methodMetrics{}
+	if old := m.methods.Load(); old != nil {
+		maps.Copy(methods, *old)
+	}
 	for service, info := range server.GetServiceInfo() {
 		for _, mi := range info.Methods {
 			typ := methodType(mi.IsClientStream, mi.IsServerStream)
@@ -113,9 +125,10 @@ func (m *ServerMetrics) InitializeMetrics(server reflection.ServiceInfoProvider)
 			for _, c := range grpcCodes {
 				mm.handled[c] = m.handled.WithLabelValues(typ, service, mi.Name, c.String())
 			}
-			m.methods.Store("/"+service+"/"+mi.Name, mm)
+			methods["/"+service+"/"+mi.Name] = mm
 		}
 	}
+	m.methods.Store(&methods)
 }
 
 func methodType(clientStream, serverStream bool) string {
@@ -132,12 +145,12 @@ func methodType(clientStream, serverStream bool) string {
 
 // resolved returns the pre-resolved metrics of fullMethod, or nil.
 func (m *ServerMetrics) resolved(fullMethod, typ string) *methodMetrics {
-	v, ok := m.methods.Load(fullMethod)
-	if !ok {
+	methods := m.methods.Load()
+	if methods == nil {
 		return nil
 	}
-	mm := v.(*methodMetrics)
-	if mm.typ != typ {
+	mm := (*methods)[fullMethod]
+	if mm == nil || mm.typ != typ {
 		return nil
 	}
 	return mm
