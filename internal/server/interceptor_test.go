@@ -62,7 +62,7 @@ func TestFoldedInterceptorMatchesChain(t *testing.T) {
 		AllowAnonymous: auth.AnonymousConfig{Enabled: true, LoopbackOnly: true,
 			Policy: auth.Policy{Connections: []string{"demo-cc", "broken", "nope", "Bad!"}, RPCs: []string{auth.RoleOperator}}},
 		Callers: []auth.CallerConfig{{Name: "pay", APIKeySHA256: []string{hex.EncodeToString(sum[:])},
-			Policy: auth.Policy{Connections: []string{"demo-cc"}, Scopes: []string{"read"}}}},
+			Policy: auth.Policy{Connections: []string{"demo-cc"}, Accounts: []string{"team-a-*"}, Scopes: []string{"read"}}}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +84,7 @@ func TestFoldedInterceptorMatchesChain(t *testing.T) {
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc"}, remote, nil},
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Scopes: []string{"read"}}, remote, []string{"authorization", "Bearer right-key"}},
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Scopes: []string{"write"}}, remote, []string{"authorization", "Bearer right-key"}},
+		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc", Account: "team-b-1", Scopes: []string{"read"}}, remote, []string{"authorization", "Bearer right-key"}},
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "demo-cc"}, loopback, []string{"authorization", "Bearer wrong-key"}},
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "other"}, loopback, nil},
 		{getToken, &tokenbrokerv1.GetTokenRequest{Connection: "nope"}, loopback, []string{"x-request-id", "mine-2"}},
