@@ -177,7 +177,7 @@ fuzz:
 #   make bench-ghz    cross-check: ghz (pinned) against the baseline and the broker
 BENCH_DURATION ?= 10s
 GHZ_VERSION    := v0.121.0
-BENCH_GO_PKGS  := ./internal/broker ./internal/server ./internal/cache/memory ./internal/cache/sealed ./internal/wavescrypto
+BENCH_GO_PKGS  := ./internal/broker ./internal/server ./internal/incoming ./internal/cache/memory ./internal/cache/sealed ./internal/wavescrypto
 
 .PHONY: bench bench-smoke bench-go bench-ghz
 
