@@ -983,8 +983,10 @@ connections:
 	if _, err := client.GetToken(as(teamKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-a-1"}); err != nil {
 		t.Errorf("team-a caller, account team-a-1 = %v; want a token", err)
 	}
-	if _, err := client.GetToken(as(teamKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-b-1"}); status.Code(err) != codes.PermissionDenied {
-		t.Errorf("team-a caller, account team-b-1 = %v; want PermissionDenied", err)
+	for _, acct := range []string{"team-b-1", ""} {
+		if _, err := client.GetToken(as(teamKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: acct}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("team-a caller, account %q = %v; want PermissionDenied", acct, err)
+		}
 	}
 	list, err := client.ListAccounts(as(operatorKey), &tokenbrokerv1.ListAccountsRequest{Connection: "demo-wax"})
 	if err != nil || len(list.GetAccounts()) != 2 {

@@ -31,6 +31,11 @@ func CheckAccount(ctx context.Context, connection, account string) error {
 	if !matchAny(c.connections, connection) {
 		return denied(c.Name, connection, fmt.Sprintf("caller %q may not use connection %q", c.Name, clip(connection)))
 	}
+	return c.accountDenied(connection, account)
+}
+
+// accountDenied is the refusal of account of connection.
+func (c *caller) accountDenied(connection, account string) error {
 	what := fmt.Sprintf("account %q", clip(account))
 	if account == "" {
 		what = "the default account"

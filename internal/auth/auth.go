@@ -346,7 +346,8 @@ func isLoopback(addr net.Addr) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-// checkRequest checks the connection and scopes a request names, if any.
+// checkRequest checks the connection, account and scopes a request names,
+// if any.
 // The request is read through small interfaces, so any message with
 // GetConnection or GetScopes is covered.
 func (c *caller) checkRequest(req any) error {
@@ -357,6 +358,9 @@ func (c *caller) checkRequest(req any) error {
 			return denied(c.Name, conn,
 				fmt.Sprintf("caller %q may not use connection %q", c.Name, clip(conn)))
 		}
+	}
+	if r, ok := req.(interface{ GetAccount() string }); ok && !c.mayUseAccount(r.GetAccount()) {
+		return c.accountDenied(conn, r.GetAccount())
 	}
 	r, ok := req.(interface{ GetScopes() []string })
 	if !ok || c.scopes == nil {

@@ -65,8 +65,9 @@ type Policy struct {
 	// account. Absent allows every account, the default one included.
 	// When set, the default account is allowed only when listed as "" or
 	// matched by "*" ("team-a-*" alone does not allow it). An empty list is
-	// refused: it would allow no account at all. Enforced by the RPCs that
-	// name an account (MayUseAccount, CheckAccount).
+	// refused: it would allow no account at all. Checked with the connection
+	// and scopes for every call that names an account (the default one
+	// included); ListAccounts lists only the allowed ones (MayUseAccount).
 	Accounts []string `yaml:"accounts"`
 	// Scopes are the scopes the caller may request, as globs such as
 	// "read:*". Empty allows any scope. When set, a request must name its

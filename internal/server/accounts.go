@@ -38,9 +38,6 @@ func (s *Service) DeleteAccount(ctx context.Context, req *tokenbrokerv1.DeleteAc
 	if err := checkConnection(name); err != nil {
 		return nil, s.toStatus(ctx, "DeleteAccount", name, err)
 	}
-	if err := auth.CheckAccount(ctx, name, req.GetAccount()); err != nil {
-		return nil, s.toStatus(ctx, "DeleteAccount", name, err)
-	}
 	deleted, err := s.b.DeleteAccount(ctx, name, req.GetAccount(), req.GetRevokeUpstream())
 	if err != nil {
 		return nil, s.toStatus(ctx, "DeleteAccount", name, err)
@@ -53,9 +50,6 @@ func (s *Service) DeleteAccount(ctx context.Context, req *tokenbrokerv1.DeleteAc
 func (s *Service) ImportGrant(ctx context.Context, req *tokenbrokerv1.ImportGrantRequest) (*tokenbrokerv1.ImportGrantResponse, error) {
 	name := req.GetConnection()
 	if err := checkConnection(name); err != nil {
-		return nil, s.toStatus(ctx, "ImportGrant", name, err)
-	}
-	if err := auth.CheckAccount(ctx, name, req.GetAccount()); err != nil {
 		return nil, s.toStatus(ctx, "ImportGrant", name, err)
 	}
 	switch {

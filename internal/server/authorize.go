@@ -6,16 +6,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
-	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // StartAuthorization implements the RPC.
 func (s *Service) StartAuthorization(ctx context.Context, req *tokenbrokerv1.StartAuthorizationRequest) (*tokenbrokerv1.StartAuthorizationResponse, error) {
 	if err := checkConnection(req.GetConnection()); err != nil {
-		return nil, s.toStatus(ctx, "StartAuthorization", req.GetConnection(), err)
-	}
-	if err := auth.CheckAccount(ctx, req.GetConnection(), req.GetAccount()); err != nil {
 		return nil, s.toStatus(ctx, "StartAuthorization", req.GetConnection(), err)
 	}
 	u, state, exp, err := s.b.StartAuthorization(ctx, req.GetConnection(), req.GetAccount())
@@ -43,9 +39,6 @@ func (s *Service) CompleteAuthorization(ctx context.Context, req *tokenbrokerv1.
 		return nil, s.toStatus(ctx, "CompleteAuthorization", name, invalid("code: longer than %d bytes", broker.MaxCodeLength))
 	case req.GetState() == "":
 		return nil, s.toStatus(ctx, "CompleteAuthorization", name, invalid("state: required"))
-	}
-	if err := auth.CheckAccount(ctx, name, req.GetAccount()); err != nil {
-		return nil, s.toStatus(ctx, "CompleteAuthorization", name, err)
 	}
 	if err := s.b.CompleteAuthorization(ctx, name, req.GetAccount(), req.GetCode(), req.GetState()); err != nil {
 		return nil, s.toStatus(ctx, "CompleteAuthorization", name, err)

@@ -73,11 +73,6 @@ func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenReque
 	if err := checkConnection(req.GetConnection()); err != nil {
 		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
 	}
-	if a := req.GetAccount(); a != "" {
-		if err := auth.CheckAccount(ctx, req.GetConnection(), a); err != nil {
-			return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
-		}
-	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {
 		if err := d.CheckValid(); err != nil {
@@ -118,9 +113,6 @@ func (s *Service) InvalidateToken(ctx context.Context, req *tokenbrokerv1.Invali
 	}
 	if len(req.GetAccessToken()) > MaxTokenLength {
 		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), invalid("access_token: longer than %d bytes", MaxTokenLength))
-	}
-	if err := auth.CheckAccount(ctx, req.GetConnection(), req.GetAccount()); err != nil {
-		return nil, s.toStatus(ctx, "InvalidateToken", req.GetConnection(), err)
 	}
 	done, err := s.b.Invalidate(ctx, req.GetConnection(), req.GetAccount(), req.GetScopes(), req.GetAccessToken())
 	if err != nil {
