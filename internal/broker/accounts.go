@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/cache"
@@ -118,18 +119,11 @@ func decodePageToken(t string) (string, error) {
 	if t == "" {
 		return "", nil
 	}
-	a, ok := cutPrefix(t, "a:")
+	a, ok := strings.CutPrefix(t, "a:")
 	if !ok || checkAccount(a) != nil {
 		return "", fmt.Errorf("%w: page_token is not one this broker issued", ErrInvalidArgument)
 	}
 	return a, nil
-}
-
-func cutPrefix(s, p string) (string, bool) {
-	if len(s) < len(p) || s[:len(p)] != p {
-		return s, false
-	}
-	return s[len(p):], true
 }
 
 // indexAccount lists account in its connection's index (idempotent).
@@ -178,12 +172,13 @@ func (b *Broker) ImportGrant(ctx context.Context, in Import) error {
 	if !in.AccessToken.IsZero() && !in.ExpiresAt.After(b.now()) {
 		return fmt.Errorf("%w: expires_at must be in the future when access_token is given", ErrInvalidArgument)
 	}
+	// Like a completion, the replacement finishes once begun, whoever waits.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
+	defer cancel()
 	return b.replaceGrant(ctx, c, in.Account, "grant imported", func(context.Context) (*providers.Token, error) {
 		g := &providers.Grant{RefreshToken: in.RefreshToken, RefreshExpiry: in.RefreshExpiry, Scopes: scopes}
-		if in.AccessToken.IsZero() {
-			// No token to serve: an expired placeholder is not cached.
-			return &providers.Token{Expiry: b.now().Add(time.Second), Scopes: scopes, Grant: g, AccessToken: secret.New("")}, nil
-		}
+		// Without an access token there is nothing to serve until the
+		// first GetToken refreshes.
 		return &providers.Token{AccessToken: in.AccessToken, TokenType: "Bearer", Expiry: in.ExpiresAt, Scopes: scopes, Grant: g}, nil
 	})
 }
@@ -205,6 +200,10 @@ func (b *Broker) DeleteAccount(ctx context.Context, connection, account string, 
 	if !c.keepsGrant {
 		return false, fmt.Errorf("%w: connection %q (type %s) has no accounts", ErrInvalidArgument, c.Name, c.Type)
 	}
+	// The revocation and the deletion finish once begun, whoever waits: a
+	// grant revoked upstream but still stored would only fail later.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.fetchTimeout)
+	defer cancel()
 	var lease cache.Lease
 	var values [][]byte
 	if err := b.waitForLease(ctx, c, lockName(c, account, ""), []string{grantKey(c.Name, account)}, nil, &lease, &values); err != nil {

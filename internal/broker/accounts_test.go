@@ -269,6 +269,16 @@ func TestImportedWXAccount(t *testing.T) {
 			t.Fatalf("refresh #%d: the token is not the imported account's", i+1)
 		}
 	}
+	// An import without an access token serves nothing until the first
+	// GetToken refreshes, and says nothing about how long tokens live.
+	fresh := emu.IssueAppTokens(addr, time.Hour)
+	if err := b.ImportGrant(context.Background(), broker.Import{Connection: "wx-app", Account: "u2", RefreshToken: secret.New(fresh.RefreshToken)}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := b.GetToken(context.Background(), broker.Request{Connection: "wx-app", Account: "u2", MinTTL: 30 * time.Minute})
+	if err != nil || tok.AccessToken.Reveal() == fresh.AccessToken || emu.AddressOf(tok.AccessToken.Reveal()) != addr {
+		t.Fatalf("GetToken(u2, min_ttl 30m) after an import without a token = %v; want a refreshed token", err)
+	}
 	// The app's first refresh token was rotated away: importing it again
 	// gives a grant the gateway refuses.
 	if err := b.ImportGrant(context.Background(), broker.Import{Connection: "wx-app", Account: "u1", RefreshToken: secret.New(app.RefreshToken)}); err != nil {
@@ -279,8 +289,8 @@ func TestImportedWXAccount(t *testing.T) {
 		t.Fatalf("GetToken with a refused imported grant = %v; want ErrNeedsAuthorization", err)
 	}
 	infos, _, _ := b.ListAccounts(context.Background(), "wx-app", 10, "", 0)
-	if len(infos) != 1 || infos[0].State != broker.StateNeedsAuthorization {
-		t.Errorf("ListAccounts = %+v; want u1 needing a new import", infos)
+	if len(infos) != 2 || infos[0].Account != "u1" || infos[0].State != broker.StateNeedsAuthorization || infos[1].State != broker.StateReady {
+		t.Errorf("ListAccounts = %+v; want u1 needing a new import and u2 ready", infos)
 	}
 }
 

@@ -252,7 +252,8 @@ func (b *Broker) redeem(ctx context.Context, c *conn, account string, r Authoriz
 // replaceGrant obtains a new grant for (c, account) with get and stores it
 // in place of the old one, whole, under the account's lease (waiting for a
 // refresh in flight on another replica), in one fenced write with the token
-// that came with it; every token obtained from the old grant is deleted,
+// that came with it (none when get returns no access token: the first
+// GetToken refreshes); every token obtained from the old grant is deleted,
 // and other replicas drop their L1 copies by announcement. get runs only
 // once the lease is held, so nothing single-use is spent before.
 func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string, get func(context.Context) (*providers.Token, error)) error {
@@ -267,7 +268,8 @@ func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string
 	defer stopRenewing()
 	start := b.now()
 	t, err := get(ctx)
-	if err == nil && !t.Expiry.After(b.now()) {
+	withToken := err == nil && !t.AccessToken.IsZero()
+	if withToken && !t.Expiry.After(b.now()) {
 		err = fmt.Errorf("%w: token expired on arrival (expiry %s)", providers.ErrInvalidResponse, t.Expiry.UTC().Format(time.RFC3339))
 	}
 	stopRenewing()
@@ -295,10 +297,13 @@ func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string
 			writes = append(writes, cache.Write{Key: k, Delete: true})
 		}
 	}
-	m := grantMeta{tokenExpiry: t.Expiry}
+	m := grantMeta{}
+	if withToken {
+		m.tokenExpiry = t.Expiry
+	}
 	for _, k := range keys {
 		m.addKey(k)
-		if ttl := fresh.Sub(now); ttl > 0 {
+		if ttl := fresh.Sub(now); withToken && ttl > 0 {
 			writes = append(writes, cache.Write{Key: k, Value: encodeToken(tok, fresh, c.subjectOf(account)), TTL: ttl})
 		} else {
 			writes = append(writes, cache.Write{Key: k, Delete: true})
@@ -312,9 +317,11 @@ func (b *Broker) replaceGrant(ctx context.Context, c *conn, account, what string
 	b.indexAccount(ctx, c, account)
 	b.markState(ctx, c, account, StateReady)
 	b.schedule(ctx, c, account, g)
-	c.served(t.Expiry, t.Expiry.Sub(start))
+	if withToken {
+		c.served(t.Expiry, t.Expiry.Sub(start))
+	}
 	b.log.InfoContext(ctx, what, "connection", c.Name, "account", account, "scopes", t.Scopes,
-		"refreshable", !g.RefreshToken.IsZero(), "expires_at", t.Expiry.UTC())
+		"refreshable", !g.RefreshToken.IsZero(), "with_token", withToken)
 	return nil
 }
 
