@@ -122,59 +122,36 @@ const dialAttempts = 1
 // and answers a bare PING only when every master does.
 func NewClient(c ClientConfig) goredis.UniversalClient {
 	c = c.withDefaults()
+	// One set of options, converted for the deployment kind, so the three
+	// kinds cannot drift apart.
+	o := &goredis.UniversalOptions{
+		DialerRetries:         dialAttempts,
+		Addrs:                 c.Addrs,
+		MasterName:            c.MasterName,
+		Username:              c.Username,
+		Password:              c.Password,
+		SentinelUsername:      c.SentinelUsername,
+		SentinelPassword:      c.SentinelPassword,
+		DB:                    c.DB,
+		TLSConfig:             c.TLS,
+		DialTimeout:           c.DialTimeout,
+		ReadTimeout:           c.ReadTimeout,
+		WriteTimeout:          c.WriteTimeout,
+		ContextTimeoutEnabled: true,
+		PoolTimeout:           poolTimeout,
+	}
 	var client goredis.UniversalClient
 	switch {
 	case c.Cluster:
-		cc := goredis.NewClusterClient(&goredis.ClusterOptions{
-			DialerRetries:              dialAttempts,
-			Addrs:                      c.Addrs,
-			Username:                   c.Username,
-			Password:                   c.Password,
-			TLSConfig:                  c.TLS,
-			DialTimeout:                c.DialTimeout,
-			ReadTimeout:                c.ReadTimeout,
-			WriteTimeout:               c.WriteTimeout,
-			ContextTimeoutEnabled:      true,
-			PoolTimeout:                poolTimeout,
-			ClusterStateReloadInterval: clusterReloadInterval,
-		})
+		co := o.Cluster()
+		co.ClusterStateReloadInterval = clusterReloadInterval
+		cc := goredis.NewClusterClient(co)
 		cc.AddHook(budgetHook{budget: c.OpTimeout, cluster: cc})
 		return cc
 	case c.MasterName != "":
-		client = goredis.NewFailoverClient(&goredis.FailoverOptions{
-			DialerRetries:         dialAttempts,
-			MasterName:            c.MasterName,
-			SentinelAddrs:         c.Addrs,
-			SentinelUsername:      c.SentinelUsername,
-			SentinelPassword:      c.SentinelPassword,
-			Username:              c.Username,
-			Password:              c.Password,
-			DB:                    c.DB,
-			TLSConfig:             c.TLS,
-			DialTimeout:           c.DialTimeout,
-			ReadTimeout:           c.ReadTimeout,
-			WriteTimeout:          c.WriteTimeout,
-			ContextTimeoutEnabled: true,
-			PoolTimeout:           poolTimeout,
-		})
+		client = goredis.NewFailoverClient(o.Failover())
 	default:
-		var addr string
-		if len(c.Addrs) > 0 {
-			addr = c.Addrs[0]
-		}
-		client = goredis.NewClient(&goredis.Options{
-			DialerRetries:         dialAttempts,
-			Addr:                  addr,
-			Username:              c.Username,
-			Password:              c.Password,
-			DB:                    c.DB,
-			TLSConfig:             c.TLS,
-			DialTimeout:           c.DialTimeout,
-			ReadTimeout:           c.ReadTimeout,
-			WriteTimeout:          c.WriteTimeout,
-			ContextTimeoutEnabled: true,
-			PoolTimeout:           poolTimeout,
-		})
+		client = goredis.NewClient(o.Simple())
 	}
 	client.AddHook(budgetHook{budget: c.OpTimeout})
 	return client
