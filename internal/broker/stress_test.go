@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -119,7 +118,7 @@ func TestStressSharedWork(t *testing.T) {
 		bs[r] = b
 	}
 	for _, name := range names {
-		authorizeVia(t, bs[0], name)
+		authorizeAs(t, bs[0], name, "", "stress")
 	}
 
 	var (
@@ -208,34 +207,5 @@ func TestStressSharedWork(t *testing.T) {
 	}
 	for msg, n := range otherErrs {
 		t.Errorf("%d calls failed with: %s", n, msg)
-	}
-}
-
-// authorizeVia authorizes conn through b against the emulator.
-func authorizeVia(t *testing.T, b *broker.Broker, conn string) {
-	t.Helper()
-	authURL, state, _, err := b.StartAuthorization(context.Background(), conn, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	u, err := url.Parse(authURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("duration", "permanent")
-	u.RawQuery = q.Encode()
-	resp, err := hc.Get(u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.CompleteAuthorization(context.Background(), conn, "", loc.Query().Get("code"), state); err != nil {
-		t.Fatalf("CompleteAuthorization(%s) = %v", conn, err)
 	}
 }
