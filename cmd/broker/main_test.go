@@ -692,21 +692,11 @@ func TestRequestRejectionThroughTheBinary(t *testing.T) {
 			t.Errorf("demo-cc state after refused scopes = %v; want READY", c.GetState())
 		}
 	}
-	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
+	p.wantMetrics(t,
 		`tokenbroker_connection_state{connection="demo-cc",state="failing"} 0`,
 		`tokenbroker_upstream_requests_total{connection="demo-cc",grant_type="client_credentials",status="400"} 1`,
 		`tokenbroker_request_rejections_total{connection="demo-cc",reason="invalid_scope"} 5`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %s", want)
-		}
-	}
+	)
 }
 
 // TestSharedWorkThroughTheBinary: against a slow but healthy upstream
@@ -780,20 +770,10 @@ connections:
 	if err := <-long; status.Code(err) != codes.InvalidArgument {
 		t.Errorf("GetToken(min_ttl 2h, tokens live 1h) = %v; want InvalidArgument", err)
 	}
-	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
+	p.wantMetrics(t,
 		`tokenbroker_upstream_breaker_open{connection="slow"} 0`,
 		`tokenbroker_connection_state{connection="slow",state="ready"} 1`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %s", want)
-		}
-	}
+	)
 }
 
 // TestSecretPermissions: a world-readable secret file is a warning in
@@ -1002,21 +982,11 @@ connections:
 	if tok, err := client.GetToken(as(operatorKey), &tokenbrokerv1.GetTokenRequest{Connection: "demo-wax", Account: "team-a-1"}); err != nil || tok.GetAccessToken() != tokens["team-a-1"] {
 		t.Errorf("GetToken(team-a-1) after deleting team-b-1 = %v; want its token", err)
 	}
-	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
+	p.wantMetrics(t,
 		`tokenbroker_accounts{connection="demo-wax",state="ready"} 1`,
 		`tokenbroker_accounts{connection="demo-wax",state="revoked"} 0`,
 		`tokenbroker_grants_lost_total{connection="demo-wax"} 0`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %s; have:\n%s", want, regexp.MustCompile(`(?m)^tokenbroker_accounts\{.*$`).FindAll(body, -1))
-		}
-	}
+	)
 }
 
 // TestPublicClientAndImportedWXThroughTheBinary: a public client
@@ -1187,4 +1157,20 @@ func freeLoopbackAddr(t *testing.T) string {
 	}
 	defer lis.Close()
 	return lis.Addr().String()
+}
+
+// wantMetrics fails t for each series line p's /metrics lacks.
+func (p *process) wantMetrics(t *testing.T, lines ...string) {
+	t.Helper()
+	resp, err := http.Get("http://" + p.adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range lines {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
