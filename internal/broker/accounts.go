@@ -85,30 +85,47 @@ func (b *Broker) ListAccounts(ctx context.Context, connection string, pageSize i
 	}
 	out := make([]AccountInfo, 0, len(ids))
 	for _, id := range ids {
-		info := AccountInfo{Account: id, State: StateReady}
-		g, m, err := b.loadGrant(ctx, c, id)
-		switch {
-		case err != nil:
-			info.State, info.LastError = StateFailing, err.Error()
-		case g == nil:
-			info.State = StateNeedsAuthorization
-		default:
-			info.GrantedScopes, info.GrantExpiry, info.LastRefresh = g.Scopes, g.RefreshExpiry, g.UpdatedAt
-			info.TokenExpiry, info.LastError = m.tokenExpiry, m.lastError
-			switch {
-			case g.State == providers.GrantRevoked:
-				info.State = StateRevoked
-			case g.State == providers.GrantNeedsAuthorization:
-				info.State = StateNeedsAuthorization
-			case m.lastError != "":
-				info.State = StateFailing
-			}
-		}
-		if state == 0 || info.State == state {
+		if info := b.accountInfo(ctx, c, id); state == 0 || info.State == state {
 			out = append(out, info)
 		}
 	}
 	return out, next, nil
+}
+
+// Account describes one account of connection, as ListAccounts would.
+func (b *Broker) Account(ctx context.Context, connection, account string) (AccountInfo, error) {
+	c, err := b.connection(connection)
+	if err != nil {
+		return AccountInfo{}, err
+	}
+	if err := c.checkAccount(account); err != nil {
+		return AccountInfo{}, err
+	}
+	return b.accountInfo(ctx, c, account), nil
+}
+
+// accountInfo reads (c, account)'s grant and says what it is in.
+func (b *Broker) accountInfo(ctx context.Context, c *conn, account string) AccountInfo {
+	info := AccountInfo{Account: account, State: StateReady}
+	g, m, err := b.loadGrant(ctx, c, account)
+	switch {
+	case err != nil:
+		info.State, info.LastError = StateFailing, err.Error()
+	case g == nil:
+		info.State = StateNeedsAuthorization
+	default:
+		info.GrantedScopes, info.GrantExpiry, info.LastRefresh = g.Scopes, g.RefreshExpiry, g.UpdatedAt
+		info.TokenExpiry, info.LastError = m.tokenExpiry, m.lastError
+		switch {
+		case g.State == providers.GrantRevoked:
+			info.State = StateRevoked
+		case g.State == providers.GrantNeedsAuthorization:
+			info.State = StateNeedsAuthorization
+		case m.lastError != "":
+			info.State = StateFailing
+		}
+	}
+	return info
 }
 
 // Page tokens carry the first account of the next page, prefixed so that
@@ -343,10 +360,6 @@ func (b *Broker) keepAliveConn(c *conn) {
 		<-done
 	}
 }
-
-// PageTokenFor is the ListAccounts page token of the page that starts at
-// account.
-func PageTokenFor(account string) string { return encodePageToken(account) }
 
 // Accounts in a state other than ready are also listed in one index per
 // state, updated on every change of state, so that counting accounts by

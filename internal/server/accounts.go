@@ -78,12 +78,11 @@ func (s *Service) ImportGrant(ctx context.Context, req *tokenbrokerv1.ImportGran
 	if err := s.b.ImportGrant(ctx, in); err != nil {
 		return nil, s.toStatus(ctx, "ImportGrant", name, err)
 	}
-	resp := &tokenbrokerv1.ImportGrantResponse{}
-	if infos, _, err := s.b.ListAccounts(ctx, name, 1, broker.PageTokenFor(req.GetAccount()), 0); err == nil && len(infos) == 1 &&
-		infos[0].Account == req.GetAccount() {
-		resp.Account = accountProto(infos[0])
+	info, err := s.b.Account(ctx, name, req.GetAccount())
+	if err != nil {
+		return nil, s.toStatus(ctx, "ImportGrant", name, err)
 	}
-	return resp, nil
+	return &tokenbrokerv1.ImportGrantResponse{Account: accountProto(info)}, nil
 }
 
 func accountProto(info broker.AccountInfo) *tokenbrokerv1.Account {
