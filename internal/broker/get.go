@@ -34,14 +34,18 @@ func (b *Broker) GetToken(ctx context.Context, req Request) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := tokenKey(c.Name, req.Account, scopes)
-	o := fetchOptions{force: req.ForceRefresh}
+	now := b.now()
 	if !req.ForceRefresh {
-		now := b.now()
-		if t, ok := b.l1.get(key, now, req.MinTTL, b.l1MaxAge); ok {
+		// The L1 lookup's key lives on this stack: a hit allocates none.
+		var buf [64]byte
+		if t, ok := b.l1.get(string(appendTokenKey(buf[:0], c.Name, req.Account, scopes)), now, req.MinTTL, b.l1MaxAge); ok {
 			c.m.Served(metrics.OutcomeL1Hit)
 			return t, nil
 		}
+	}
+	key := tokenKey(c.Name, req.Account, scopes)
+	o := fetchOptions{force: req.ForceRefresh}
+	if !req.ForceRefresh {
 		ct, rej, err := b.readShared(ctx, c, req.Account, key)
 		switch {
 		case rej != nil:

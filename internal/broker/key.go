@@ -3,7 +3,6 @@ package broker
 import (
 	"fmt"
 	"slices"
-	"strings"
 )
 
 // Limits on requests; see normalizeScopes.
@@ -75,23 +74,38 @@ func tag(conn, account string) string {
 // '{', '}' or '/', accounts neither '{', '}' nor '/', and scopes cannot
 // contain ' '.
 func tokenKey(conn, account string, scopes []string) string {
-	t := tag(conn, account)
-	n := len("token:{") + len(t) + 2
+	return string(appendTokenKey(make([]byte, 0, tokenKeyLen(conn, account, scopes)), conn, account, scopes))
+}
+
+// appendTokenKey appends tokenKey's key to dst. The hit path builds it in a
+// buffer on its stack and looks L1 up with it, so a cached GetToken
+// allocates no key (issue 16).
+func appendTokenKey(dst []byte, conn, account string, scopes []string) []byte {
+	dst = append(dst, "token:{"...)
+	dst = append(dst, conn...)
+	if account != "" {
+		dst = append(dst, '/')
+		dst = append(dst, account...)
+	}
+	dst = append(dst, "}:"...)
+	for i, s := range scopes {
+		if i > 0 {
+			dst = append(dst, ' ')
+		}
+		dst = append(dst, s...)
+	}
+	return dst
+}
+
+func tokenKeyLen(conn, account string, scopes []string) int {
+	n := len("token:{") + len(conn) + len("}:")
+	if account != "" {
+		n += 1 + len(account)
+	}
 	for _, s := range scopes {
 		n += len(s) + 1
 	}
-	var b strings.Builder
-	b.Grow(n)
-	b.WriteString("token:{")
-	b.WriteString(t)
-	b.WriteString("}:")
-	for i, s := range scopes {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(s)
-	}
-	return b.String()
+	return n
 }
 
 func grantKey(conn, account string) string { return "grant:{" + tag(conn, account) + "}" }
