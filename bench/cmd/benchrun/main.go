@@ -61,6 +61,8 @@ type settings struct {
 	jsonOut          string
 	workDir          string
 	redis            bool
+	interleave       bool
+	slice            time.Duration
 	pin              bool
 	smoke            bool
 	goCmd            string
@@ -103,6 +105,8 @@ func parseSettings(args []string) (*settings, error) {
 	fs.StringVar(&s.jsonOut, "json", env("BENCH_JSON", ""), "write the raw results as JSON to `file`")
 	fs.StringVar(&s.workDir, "work", env("BENCH_WORK", ".cache/bench"), "`dir`ectory for binaries, configs and logs")
 	fs.BoolVar(&s.redis, "redis", env("BENCH_REDIS", "1") != "0", "include the Redis-backed broker (needs redis-server)")
+	fs.BoolVar(&s.interleave, "interleave", env("BENCH_INTERLEAVE", "1") != "0", "load the targets in turn from one load generator, a slice each, instead of one after the other")
+	slice := fs.String("slice", env("BENCH_SLICE", "500ms"), "with -interleave, how long each target is measured before the next one's turn")
 	fs.BoolVar(&s.pin, "pin", env("BENCH_PIN", "1") != "0", "pin servers and load generator to different CPUs with taskset")
 	fs.StringVar(&s.goCmd, "go", env("GO", "go"), "go command used to build")
 	fs.StringVar(&s.compare, "compare", env("BENCH_COMPARE", ""), "another broker `binary` (say, built from an older commit) to run as target broker-compare, memory cache")
@@ -125,6 +129,9 @@ func parseSettings(args []string) (*settings, error) {
 	}
 	if s.warmup, err = time.ParseDuration(cmp.Or(*warm, def("2s", "200ms"))); err != nil {
 		return nil, fmt.Errorf("warmup: %w", err)
+	}
+	if s.slice, err = time.ParseDuration(*slice); err != nil || s.slice <= 0 {
+		return nil, fmt.Errorf("slice %q: want a positive duration", *slice)
 	}
 	for _, f := range strings.Split(cmp.Or(conc, def("16,64", "16")), ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -277,30 +284,45 @@ func run(ctx context.Context, s *settings) error {
 	// One call each: a wrong setup fails here, and the brokers fetch the
 	// demo-cc token (the warm-up then runs on L1 hits).
 	for _, t := range targets {
-		if _, err := loadRun(ctx, bins, clientCPUs, t, loadSpec{workers: 1, conns: 1, requests: 1}); err != nil {
+		if _, err := loadRun(ctx, bins, clientCPUs, []*target{t}, loadSpec{workers: 1, conns: 1, requests: 1}); err != nil {
 			return fmt.Errorf("%s: first call: %w", t.name, err)
 		}
 	}
 
 	for round := range s.rounds {
 		for _, c := range s.concurrency {
-			// The baseline runs first; the brokers' order rotates from
-			// round to round, because the last run of a round measured
-			// consistently slower whatever it was (an order effect, not
-			// the server: see BENCHMARKS.md).
-			order := append([]*target{targets[0]}, rotate(targets[1:], round)...)
-			for _, t := range order {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				r, err := measureLoad(ctx, bins, clientCPUs, t, loadSpec{workers: c, conns: s.conns, duration: s.duration, warmup: s.warmup})
+			spec := loadSpec{workers: c, conns: s.conns, duration: s.duration, warmup: s.warmup, slice: s.slice}
+			var rs []*LoadResult
+			if s.interleave {
+				// One loadgen takes the targets in turn, a slice each, so
+				// whatever else the machine does falls on all of them
+				// alike; the order rotates from round to round.
+				r, err := measureLoad(ctx, bins, clientCPUs, rotate(targets, round), spec)
 				if err != nil {
-					return fmt.Errorf("%s c=%d: %w", t.name, c, err)
+					return fmt.Errorf("c=%d: %w", c, err)
 				}
+				rs = r
+			} else {
+				// The baseline runs first; the brokers' order rotates from
+				// round to round, because the last run of a round measured
+				// consistently slower whatever it was (an order effect, not
+				// the server: see BENCHMARKS.md).
+				for _, t := range append([]*target{targets[0]}, rotate(targets[1:], round)...) {
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					r, err := measureLoad(ctx, bins, clientCPUs, []*target{t}, spec)
+					if err != nil {
+						return fmt.Errorf("%s c=%d: %w", t.name, c, err)
+					}
+					rs = append(rs, r...)
+				}
+			}
+			for _, r := range rs {
 				r.Round = round
 				res.Load = append(res.Load, r)
 				fmt.Fprintf(os.Stderr, "  %-14s c=%-3d rps %8.0f  p50 %7.0fµs  p99 %7.0fµs  errors %d\n",
-					t.name, c, r.RPS, r.P50US, r.P99US, r.Errors)
+					r.Target, c, r.RPS, r.P50US, r.P99US, r.Errors)
 			}
 		}
 	}

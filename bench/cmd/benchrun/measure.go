@@ -74,30 +74,37 @@ func (e *emulator) post(ctx context.Context, c *http.Client) error {
 	return nil
 }
 
-// measureLoad is one load run; for broker-redis it also counts the Redis
-// commands and GetToken outcomes in the same window.
-func measureLoad(ctx context.Context, bins *binaries, cpus string, t *target, l loadSpec) (*LoadResult, error) {
+// measureLoad is one load run of ts (interleaved when there are several);
+// for broker-redis it also counts the Redis commands and GetToken outcomes
+// in the same window (only broker-redis talks to that redis-server).
+func measureLoad(ctx context.Context, bins *binaries, cpus string, ts []*target, l loadSpec) ([]*LoadResult, error) {
+	var rt *target
+	for _, t := range ts {
+		if t.redis != nil {
+			rt = t
+		}
+	}
 	var before map[string]int64
 	var outcomes0 map[string]int64
-	if t.redis != nil {
+	if rt != nil {
 		var err error
-		if outcomes0, err = scrapeOutcomes(ctx, t.admin); err != nil {
+		if outcomes0, err = scrapeOutcomes(ctx, rt.admin); err != nil {
 			return nil, err
 		}
-		if before, err = t.redis.commandStats(ctx); err != nil {
+		if before, err = rt.redis.commandStats(ctx); err != nil {
 			return nil, err
 		}
 	}
-	r, err := loadRun(ctx, bins, cpus, t, l)
+	rs, err := loadRun(ctx, bins, cpus, ts, l)
 	if err != nil {
 		return nil, err
 	}
-	if t.redis != nil {
-		after, err := t.redis.commandStats(ctx)
+	if rt != nil {
+		after, err := rt.redis.commandStats(ctx)
 		if err != nil {
 			return nil, err
 		}
-		outcomes1, err := scrapeOutcomes(ctx, t.admin)
+		outcomes1, err := scrapeOutcomes(ctx, rt.admin)
 		if err != nil {
 			return nil, err
 		}
@@ -114,9 +121,13 @@ func measureLoad(ctx context.Context, bins *binaries, cpus string, t *target, l 
 		u.L1Hits = outcomes1["l1_hit"] - outcomes0["l1_hit"]
 		u.SharedHits = outcomes1["shared_hit"] - outcomes0["shared_hit"]
 		u.Fetched = outcomes1["fetched"] - outcomes0["fetched"]
-		r.Redis = u
+		for i, t := range ts {
+			if t == rt {
+				rs[i].Redis = u
+			}
+		}
 	}
-	return r, nil
+	return rs, nil
 }
 
 // scrapeOutcomes reads tokenbroker_get_token_total for connection demo-cc

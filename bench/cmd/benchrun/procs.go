@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -310,6 +311,9 @@ type loadSpec struct {
 	duration, warmup time.Duration
 	requests         int
 	forceRefresh     bool
+	// slice is how long loadgen measures one target at a time when it
+	// interleaves several (0: loadgen's default).
+	slice time.Duration
 }
 
 // LoadResult is loadgen's JSON line plus what benchrun measured around it.
@@ -331,13 +335,24 @@ type RedisUse struct {
 	Fetched    int64            `json:"fetched"`
 }
 
-func loadRun(ctx context.Context, bins *binaries, cpus string, t *target, l loadSpec) (*LoadResult, error) {
-	args := []string{"-addr", t.addr, "-label", t.name, "-c", strconv.Itoa(l.workers), "-conns", strconv.Itoa(max(l.conns, 1)),
-		"-warmup", l.warmup.String(), "-server-pid", strconv.Itoa(t.p.pid())}
+// loadRun runs loadgen against ts: one after the other's slices when there
+// are several (loadgen interleaves them), one result per target, in order.
+func loadRun(ctx context.Context, bins *binaries, cpus string, ts []*target, l loadSpec) ([]*LoadResult, error) {
+	var addrs, labels, pids []string
+	for _, t := range ts {
+		addrs = append(addrs, t.addr)
+		labels = append(labels, t.name)
+		pids = append(pids, strconv.Itoa(t.p.pid()))
+	}
+	args := []string{"-addr", strings.Join(addrs, ","), "-label", strings.Join(labels, ","), "-c", strconv.Itoa(l.workers),
+		"-conns", strconv.Itoa(max(l.conns, 1)), "-warmup", l.warmup.String(), "-server-pid", strings.Join(pids, ",")}
 	if l.requests > 0 {
 		args = append(args, "-n", strconv.Itoa(l.requests))
 	} else {
 		args = append(args, "-duration", l.duration.String())
+	}
+	if l.slice > 0 {
+		args = append(args, "-slice", l.slice.String())
 	}
 	if l.forceRefresh {
 		args = append(args, "-force-refresh")
@@ -354,10 +369,15 @@ func loadRun(ctx context.Context, bins *binaries, cpus string, t *target, l load
 	if err != nil {
 		return nil, fmt.Errorf("loadgen: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	var r LoadResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		return nil, fmt.Errorf("loadgen output %q: %w", out, err)
+	var rs []*LoadResult
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for i := range ts {
+		var r LoadResult
+		if err := dec.Decode(&r); err != nil {
+			return nil, fmt.Errorf("loadgen output %q: %w", out, err)
+		}
+		r.Target = ts[i].name
+		rs = append(rs, &r)
 	}
-	r.Target = t.name
-	return &r, nil
+	return rs, nil
 }

@@ -59,8 +59,12 @@ type Row struct {
 }
 
 func (s *settings) describe() string {
-	return fmt.Sprintf("duration %v, warm-up %v, concurrency %v, %d connections, %d round(s), %d cold-miss samples, %d keys for heap",
-		s.duration, s.warmup, s.concurrency, s.conns, s.rounds, s.coldN, s.heapKeys)
+	order := "one target after the other"
+	if s.interleave {
+		order = fmt.Sprintf("targets interleaved, %v slices", s.slice)
+	}
+	return fmt.Sprintf("duration %v, warm-up %v, concurrency %v, %d connections, %d round(s), %s, %d cold-miss samples, %d keys for heap",
+		s.duration, s.warmup, s.concurrency, s.conns, s.rounds, order, s.coldN, s.heapKeys)
 }
 
 func machine() string {
