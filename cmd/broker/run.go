@@ -61,6 +61,7 @@ type options struct {
 	shutdownDelay time.Duration
 	drainTimeout  time.Duration
 	cpuProfile    string
+	memProfile    string
 	health        healthCheckOptions
 }
 
@@ -78,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, report not ready and keep serving this long before draining")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, wait this long for in-flight calls")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to `file` until the broker stops (for benchmarks)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to `file` when the broker stops: what was live at the last collection while serving (for benchmarks)")
 	o.health.addFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -118,6 +120,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("cpuprofile: %w", err)
 		}
 		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
+	if o.memProfile != "" {
+		f, err := os.Create(o.memProfile)
+		if err != nil {
+			return fmt.Errorf("memprofile: %w", err)
+		}
+		// No collection first: the profile's live heap is as of the last
+		// one while serving, not after the broker let go of everything.
+		defer func() { _ = pprof.Lookup("heap").WriteTo(f, 0); _ = f.Close() }()
 	}
 	reg := builtin.Registry()
 	var cfg *config.Config
@@ -200,6 +211,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer c.Close()
 	b, err := broker.New(broker.Options{
 		Cache: c, Connections: conns, Logger: log, Metrics: m,
+		// A cached token's GetToken response is marshaled once (issue 16),
+		// and sent as it is by server.Codec.
+		Encode:              server.EncodeToken,
 		FetchTimeout:        cfg.Broker.FetchTimeout.Duration,
 		LeaseTTL:            cfg.Broker.LeaseTTL.Duration,
 		L1MaxAge:            cfg.Broker.L1MaxAge.Duration,
@@ -399,6 +413,7 @@ func serve(ctx context.Context, o *options, cfg *config.Config, b *broker.Broker
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(64 << 10),
+		grpc.ForceServerCodecV2(server.Codec()),
 		// reqlog, the gRPC metrics and auth folded into one (issue 16).
 		grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log, m.GRPC, authn)),
 		grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor(), authn.StreamInterceptor(server.RefusalStatus)),

@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
 
 // usable reports whether ct (nil: none) can be served at now to a caller
@@ -18,6 +20,9 @@ func (ct *cachedToken) usable(now time.Time, minTTL time.Duration) bool {
 func (b *Broker) remember(c *conn, account, key string, scopes []string, ct *cachedToken) {
 	now := b.now()
 	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, account: account, scopes: scopes}
+	if b.encode != nil {
+		e.tok.Encoded = secret.NewBytes(b.encode(&e.tok))
+	}
 	// Every path here is a use: a caller's hit on the shared cache, or a
 	// fetch some caller (or refresh-ahead) asked for.
 	e.lastUsed.Store(now.UnixNano())

@@ -72,6 +72,11 @@ type Options struct {
 	// Upstream is the retry policy around provider calls; each connection
 	// gets its own breaker from it (nil: the zero Policy's defaults).
 	Upstream *upstream.Policy
+	// Encode, when set, encodes a token as the transport sends it (the
+	// gRPC server's marshaled response). The broker calls it once per token
+	// entering the in-process cache, and every hit there carries the result
+	// as Token.Encoded. Nil (or a nil result) leaves Encoded empty.
+	Encode func(*Token) []byte
 	// Metrics receives counters (nil: kept, but not exported).
 	Metrics *metrics.Metrics
 }
@@ -110,6 +115,11 @@ type Token struct {
 	TokenType   string
 	Expiry      time.Time
 	Scopes      []string
+	// Encoded is the token as Options.Encode encodes it for the wire, on a
+	// token served from the in-process cache: encoded once, when the token
+	// entered it, not once per call. Empty without Encode, and on a token
+	// just fetched or read from the shared cache.
+	Encoded secret.Bytes
 }
 
 // A Broker serves tokens. Its methods are safe for concurrent use.
@@ -126,6 +136,7 @@ type Broker struct {
 	rejectionTTL time.Duration
 	refreshAhead bool
 	afterFunc    func(time.Duration, func()) func() bool
+	encode       func(*Token) []byte
 	policy       *upstream.Policy
 	// oncePolicy never retries: for calls that spend something single-use
 	// (a rotating refresh token), where a retry after a lost answer would
@@ -196,6 +207,7 @@ func New(o Options) (*Broker, error) {
 		rejectionTTL: o.RejectionTTL,
 		refreshAhead: !o.DisableRefreshAhead,
 		afterFunc:    o.AfterFunc,
+		encode:       o.Encode,
 		policy:       o.Upstream,
 		metrics:      o.Metrics,
 		stopSweep:    make(chan struct{}),

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,7 +13,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/api/proto/tokenbroker/v1"
@@ -86,20 +84,7 @@ func startWAX(t *testing.T, be backend) *waxEnv {
 	e.callback = admin.URL + server.CallbackPath
 	emu.SetRedirectURL(e.callback)
 
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	server.RegisterService(gs, server.New(server.Config{Broker: b, Logger: log}))
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	e.client = tokenbrokerv1.NewTokenBrokerServiceClient(cc)
+	e.client = serve(t, server.New(server.Config{Broker: b, Logger: log}), grpc.ForceServerCodecV2(server.Codec()))
 	return e
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -133,25 +131,12 @@ func start(t *testing.T, be backend, specs ...connSpec) *env {
 		}
 		conns = append(conns, broker.Connection{Name: s.name, Type: "client_credentials", Provider: p, Skew: skew})
 	}
-	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: clock.Now, Logger: log})
+	b, err := broker.New(broker.Options{Cache: c, Connections: conns, Now: clock.Now, Logger: log, Encode: server.EncodeToken})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	server.RegisterService(gs, server.New(server.Config{Broker: b, Logger: log}))
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
 	return &env{
-		client: tokenbrokerv1.NewTokenBrokerServiceClient(cc), emu: emu, clock: clock,
+		client: serve(t, server.New(server.Config{Broker: b, Logger: log}), grpc.ForceServerCodecV2(server.Codec())), emu: emu, clock: clock,
 		advance: func(d time.Duration) { clock.Advance(d); adv(d) }, redis: raw, logs: logs, override: override,
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -55,21 +54,25 @@ func New(c Config) *Service {
 	return &Service{b: c.Broker, log: log, metrics: m}
 }
 
-// RegisterService registers svc on s.
-func RegisterService(s grpc.ServiceRegistrar, svc *Service) {
-	tokenbrokerv1.RegisterTokenBrokerServiceServer(s, svc)
-}
-
 // GetToken implements the RPC.
 func (s *Service) GetToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
-	resp, err := s.getToken(ctx, req)
+	t, err := s.getToken(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return response(t), nil
+}
+
+// getToken is GetToken up to the broker's token; it counts failures.
+func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*broker.Token, error) {
+	t, err := s.token(ctx, req)
 	if err != nil {
 		s.metrics.Lookup(req.GetConnection()).Failed(status.Code(err).String())
 	}
-	return resp, err
+	return t, err
 }
 
-func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+func (s *Service) token(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*broker.Token, error) {
 	if err := checkConnection(req.GetConnection()); err != nil {
 		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
 	}
@@ -90,15 +93,19 @@ func (s *Service) getToken(ctx context.Context, req *tokenbrokerv1.GetTokenReque
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetToken", req.GetConnection(), err)
 	}
-	// One allocation for the response and its timestamp (as timestamppb.New
-	// would fill it).
+	return t, nil
+}
+
+// response is t as GetToken answers it: one allocation for the response
+// and its timestamp (as timestamppb.New would fill it).
+func response(t *broker.Token) *tokenbrokerv1.GetTokenResponse {
 	r := new(getTokenResponse)
 	r.expiresAt.Seconds, r.expiresAt.Nanos = t.Expiry.Unix(), int32(t.Expiry.Nanosecond())
 	r.resp.AccessToken = t.AccessToken.Reveal()
 	r.resp.TokenType = t.TokenType
 	r.resp.ExpiresAt = &r.expiresAt
 	r.resp.Scopes = t.Scopes
-	return &r.resp, nil
+	return &r.resp
 }
 
 type getTokenResponse struct {

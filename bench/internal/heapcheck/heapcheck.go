@@ -19,6 +19,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 // TokenLength is the access token length used: the demo emulator's
@@ -61,7 +62,9 @@ func Measure(ctx context.Context, n int, shared Shared) (Result, error) {
 		return Result{}, fmt.Errorf("heapcheck: unknown shared cache %q", shared)
 	}
 	defer c.Close()
-	b, err := broker.New(broker.Options{Cache: c, Connections: []broker.Connection{
+	// Encode as cmd/broker does: each token in L1 holds its encoded
+	// GetToken response too.
+	b, err := broker.New(broker.Options{Cache: c, Encode: server.EncodeToken, Connections: []broker.Connection{
 		{Name: "bench", Type: "client_credentials", Provider: provider{}, Skew: time.Minute},
 	}})
 	if err != nil {
