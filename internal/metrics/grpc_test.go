@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"testing"
+	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -162,4 +165,67 @@ func TestUnaryCallAllocatesNothing(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _, _ = ic(context.Background(), nil, info, handler) }); n != 0 {
 		t.Errorf("unary interceptor allocates %v times per call; want 0", n)
 	}
+}
+
+// TestHandlingHistogramMatchesPrometheus: handling times land in the
+// buckets, count and sum a Prometheus histogram with the same buckets
+// gives them (the exposition test leaves timings out), bounds included.
+func TestHandlingHistogramMatchesPrometheus(t *testing.T) {
+	gs := grpc.NewServer()
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(gs, tokenbrokerv1.UnimplementedTokenBrokerServiceServer{})
+	ours := NewServerMetrics(GRPCHandlingBuckets)
+	ours.InitializeMetrics(gs)
+	theirs := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h", Buckets: GRPCHandlingBuckets})
+	var took []time.Duration
+	for _, b := range GRPCHandlingBuckets {
+		d := time.Duration(b * float64(time.Second))
+		took = append(took, d-1, d, d+1)
+	}
+	took = append(took, 0, 17*time.Second, 3*time.Hour, 1234567*time.Nanosecond)
+	for _, d := range took {
+		ours.StartUnary(tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName).End(nil, d)
+		theirs.Observe(d.Seconds())
+	}
+	var want dto.Metric
+	if err := theirs.Write(&want); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ours)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *dto.Histogram
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			if mf.GetName() == "grpc_server_handling_seconds" && labelValue(m, "grpc_method") == "GetToken" {
+				got = m.Histogram
+			}
+		}
+	}
+	if got == nil {
+		t.Fatal("no grpc_server_handling_seconds series for GetToken")
+	}
+	if got.GetSampleCount() != want.Histogram.GetSampleCount() || math.Abs(got.GetSampleSum()-want.Histogram.GetSampleSum()) > 1e-6 {
+		t.Errorf("count %d, sum %v; want %d, %v", got.GetSampleCount(), got.GetSampleSum(), want.Histogram.GetSampleCount(), want.Histogram.GetSampleSum())
+	}
+	if len(got.Bucket) != len(want.Histogram.Bucket) {
+		t.Fatalf("%d buckets; want %d", len(got.Bucket), len(want.Histogram.Bucket))
+	}
+	for i, b := range got.Bucket {
+		w := want.Histogram.Bucket[i]
+		if b.GetUpperBound() != w.GetUpperBound() || b.GetCumulativeCount() != w.GetCumulativeCount() {
+			t.Errorf("bucket le=%v: %d; want le=%v: %d", b.GetUpperBound(), b.GetCumulativeCount(), w.GetUpperBound(), w.GetCumulativeCount())
+		}
+	}
+}
+
+func labelValue(m *dto.Metric, name string) string {
+	for _, l := range m.Label {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
 }
