@@ -170,7 +170,9 @@ fuzz:
 #   make bench        baseline (a do-nothing gRPC server) vs the broker (memory cache, and Redis-backed), same load
 #                     generator, BENCH_DURATION each (default 10s) at c=16 and 64, servers and load generator pinned
 #                     to different CPUs; plus Redis round trips per L1 hit, cold-miss overhead, heap per token.
-#                     One table; BENCHMARKS.md says how to read it. BENCH_ROUNDS=3 repeats every run (medians).
+#                     One table; BENCHMARKS.md says how to read it. BENCH_ROUNDS=4 repeats every run (medians).
+#                     The targets of a concurrency are interleaved by one load generator, BENCH_SLICE (500ms)
+#                     each in turn; BENCH_INTERLEAVE=0 measures them one after the other.
 #   make bench-smoke  one very short pass (1s at c=16, ~10s warm); fails on errors or heap per token over 1 KiB,
 #                     never on speed
 #   make bench-go     the Go benchmarks of the hit path (-benchmem)
