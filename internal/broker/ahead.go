@@ -21,7 +21,7 @@ func (b *Broker) remember(c *conn, account, key string, scopes []string, ct *cac
 	now := b.now()
 	e := &l1Entry{tok: ct.Token, freshUntil: ct.freshUntil, checked: now, c: c, account: account, scopes: scopes}
 	if b.encode != nil {
-		e.tok.Encoded = secret.NewBytes(b.encode(&e.tok))
+		e.tok.Encoded = encode(b.encode, &e.tok)
 	}
 	// Every path here is a use: a caller's hit on the shared cache, or a
 	// fetch some caller (or refresh-ahead) asked for.
@@ -32,6 +32,19 @@ func (b *Broker) remember(c *conn, account, key string, scopes []string, ct *cac
 	if prev, loaded := b.l1.m.Swap(key, e); loaded {
 		prev.(*l1Entry).cancel()
 	}
+}
+
+// encode returns t encoded by f. The access token's text is in the encoding
+// (it is in a GetToken answer), so t's access token is pointed at those
+// bytes: a cached token holds its text once.
+func encode(f func(*Token) []byte, t *Token) secret.Value {
+	enc := string(f(t))
+	if tok := t.AccessToken.Reveal(); tok != "" {
+		if i := strings.Index(enc, tok); i >= 0 {
+			t.AccessToken = secret.New(enc[i : i+len(tok)])
+		}
+	}
+	return secret.New(enc)
 }
 
 // scheduleRefresh arranges for a used token to be replaced in the

@@ -75,7 +75,7 @@ type Options struct {
 	// Encode, when set, encodes a token as the transport sends it (the
 	// gRPC server's marshaled response). The broker calls it once per token
 	// entering the in-process cache, and every hit there carries the result
-	// as Token.Encoded. Nil (or a nil result) leaves Encoded empty.
+	// as Token.Encoded. Nil (or an empty result) leaves Encoded empty.
 	Encode func(*Token) []byte
 	// Metrics receives counters (nil: kept, but not exported).
 	Metrics *metrics.Metrics
@@ -118,8 +118,9 @@ type Token struct {
 	// Encoded is the token as Options.Encode encodes it for the wire, on a
 	// token served from the in-process cache: encoded once, when the token
 	// entered it, not once per call. Empty without Encode, and on a token
-	// just fetched or read from the shared cache.
-	Encoded secret.Bytes
+	// just fetched or read from the shared cache. It contains the access
+	// token, which shares its bytes.
+	Encoded secret.Value
 }
 
 // A Broker serves tokens. Its methods are safe for concurrent use.

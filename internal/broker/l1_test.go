@@ -4,10 +4,13 @@ import (
 	"context"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tokenbroker/tokenbroker/internal/cache/discard"
+	"github.com/tokenbroker/tokenbroker/internal/cache/memory"
 	"github.com/tokenbroker/tokenbroker/internal/providers"
 	"github.com/tokenbroker/tokenbroker/internal/secret"
 )
@@ -93,4 +96,50 @@ func liveHeap() uint64 {
 	runtime.GC()
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// TestEncodeOncePerL1Entry: Options.Encode runs once when a token enters
+// L1, every hit carries its result, and the cached access token is the
+// same text, held once: in the encoding's bytes.
+func TestEncodeOncePerL1Entry(t *testing.T) {
+	c, err := memory.New(memory.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	b, err := New(Options{Cache: c, Connections: []Connection{
+		{Name: "demo-cc", Type: "client_credentials", Provider: benchProvider{}, Skew: time.Minute},
+	}, Encode: func(t *Token) []byte {
+		calls.Add(1)
+		return []byte("header|" + t.AccessToken.Reveal() + "|" + t.TokenType)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(); c.Close() })
+	req := Request{Connection: "demo-cc", Scopes: []string{"read"}}
+	fetched, err := b.GetToken(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := fetched.AccessToken.Reveal()
+	for range 100 {
+		hit, err := b.GetToken(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, tok := hit.Encoded.Reveal(), hit.AccessToken.Reveal()
+		if enc != "header|"+issued+"|Bearer" {
+			t.Fatalf("a hit's Encoded is %d bytes, not Encode's result", len(enc))
+		}
+		if tok != issued {
+			t.Fatal("a hit's access token is not the issued one")
+		}
+		if p, start := uintptr(unsafe.Pointer(unsafe.StringData(tok))), uintptr(unsafe.Pointer(unsafe.StringData(enc))); p < start || p >= start+uintptr(len(enc)) {
+			t.Fatal("the cached access token does not share the encoding's bytes")
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("Encode ran %d times for one token and 100 hits; want 1", n)
+	}
 }

@@ -43,30 +43,6 @@ func (v Value) MarshalJSON() ([]byte, error) {
 }
 func (v Value) MarshalText() ([]byte, error) { return []byte(Redacted), nil }
 
-// Bytes is a secret byte string, such as a message that carries a token
-// encoded for the wire. It prints as a redaction, as a Value does; only
-// Reveal returns the bytes, which the caller must not modify.
-type Bytes struct{ b []byte }
-
-// NewBytes wraps b, which the caller must not modify afterwards.
-func NewBytes(b []byte) Bytes { return Bytes{b: b} }
-
-// Reveal returns the secret bytes. Call it only where they are sent to the
-// party they are meant for.
-func (v Bytes) Reveal() []byte { return v.b }
-
-// Len is the number of bytes.
-func (v Bytes) Len() int { return len(v.b) }
-
-func (v Bytes) String() string             { return Redacted }
-func (v Bytes) GoString() string           { return Redacted }
-func (v Bytes) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(Redacted)) }
-func (v Bytes) LogValue() slog.Value       { return slog.StringValue(Redacted) }
-func (v Bytes) MarshalJSON() ([]byte, error) {
-	return []byte(`"` + Redacted + `"`), nil
-}
-func (v Bytes) MarshalText() ([]byte, error) { return []byte(Redacted), nil }
-
 // A Ref says where a secret is read from: exactly one of File or Env.
 type Ref struct {
 	// File is a path whose contents, less one trailing newline, are the secret.
