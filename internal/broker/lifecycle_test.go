@@ -221,16 +221,24 @@ func (f *fixture) awaitWaiters(t *testing.T, key string, n int32) {
 	t.Fatalf("fewer than %d callers joined the flight of %q", n, key)
 }
 
-// awaitDone waits until the upstream has answered n calls.
+// awaitDone waits until the upstream has answered n calls and the flights
+// that made them have finished (their results stored): a test that moves
+// the clock next must not overtake a flight still checking its answer.
 func (f *fixture) awaitDone(t *testing.T, n int) {
 	t.Helper()
 	for range 1000 {
-		if _, done, _ := f.up.counts(); done >= n {
+		if _, done, _ := f.up.counts(); done >= n && f.noFlights() {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("the upstream did not answer %d calls", n)
+	t.Fatalf("the upstream did not answer %d calls, or their flights did not finish", n)
+}
+
+func (f *fixture) noFlights() bool {
+	f.b.flights.mu.Lock()
+	defer f.b.flights.mu.Unlock()
+	return len(f.b.flights.m) == 0
 }
 
 type result struct {
