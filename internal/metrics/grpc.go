@@ -26,8 +26,8 @@ import (
 // hashes and looks up five label sets on every call (~1 µs). Here each
 // method's series are one struct of atomic counters, found once per call
 // with a map read: counting a call is a few atomic adds, and the counters
-// hold no pointers, so the collector's ~300 series (13 methods, 17 codes)
-// cost the garbage collector nothing to scan. A scrape reads them into
+// hold no pointers, so the series (the broker's ~300: 13 methods × 17
+// codes) cost the garbage collector nothing to scan. A scrape reads them into
 // constant metrics. The series of a method the server did not have at
 // InitializeMetrics are created when first counted, as grpc-ecosystem does.
 type ServerMetrics struct {
@@ -62,16 +62,13 @@ const (
 type methodMetrics struct {
 	typ, service, method    string
 	started, received, sent atomic.Uint64
-	// handled counts by code; initialized says which codes have a series
-	// (every code once InitializeMetrics saw the method, else those
-	// counted so far).
-	handled     [codes.Unauthenticated + 1]atomic.Uint64
-	initialized [codes.Unauthenticated + 1]atomic.Bool
-	// init, hasReceived and hasSent say which series exist besides those
-	// of codes and the histogram: all once InitializeMetrics saw the
-	// method, else a message counter's once it counted one.
-	init, hasReceived, hasSent atomic.Bool
-	handling                   histogram
+	// handled counts by code.
+	handled [codes.Unauthenticated + 1]atomic.Uint64
+	// The has* flags say which series exist: all of them once
+	// InitializeMetrics saw the method, else each once it counted.
+	hasStarted, hasReceived, hasSent atomic.Bool
+	hasHandled                       [codes.Unauthenticated + 1]atomic.Bool
+	handling                         histogram
 
 	mu    sync.Mutex
 	other map[codes.Code]*atomic.Uint64 // codes above 16, rare
@@ -127,8 +124,8 @@ func (m *ServerMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, mm := range *methods {
 		labels := []string{mm.typ, mm.service, mm.method}
-		if v := mm.started.Load(); v > 0 || mm.init.Load() {
-			counter(m.started, v, labels...)
+		if mm.hasStarted.Load() {
+			counter(m.started, mm.started.Load(), labels...)
 		}
 		if mm.hasReceived.Load() {
 			counter(m.received, mm.received.Load(), labels...)
@@ -137,7 +134,7 @@ func (m *ServerMetrics) Collect(ch chan<- prometheus.Metric) {
 			counter(m.sent, mm.sent.Load(), labels...)
 		}
 		for c := range mm.handled {
-			if mm.initialized[c].Load() {
+			if mm.hasHandled[c].Load() {
 				counter(m.handled, mm.handled[c].Load(), mm.typ, mm.service, mm.method, codes.Code(c).String())
 			}
 		}
@@ -166,12 +163,12 @@ func (m *ServerMetrics) InitializeMetrics(server reflection.ServiceInfoProvider)
 	for service, info := range server.GetServiceInfo() {
 		for _, mi := range info.Methods {
 			mm := m.method("/"+service+"/"+mi.Name, methodType(mi.IsClientStream, mi.IsServerStream))
-			mm.init.Store(true)
+			mm.hasStarted.Store(true)
 			mm.hasReceived.Store(true)
 			mm.hasSent.Store(true)
 			mm.handling.used.Store(true)
 			for _, c := range grpcCodes {
-				mm.initialized[c].Store(true)
+				mm.hasHandled[c].Store(true)
 			}
 		}
 	}
@@ -238,6 +235,7 @@ type UnaryCall struct{ mm *methodMetrics }
 func (m *ServerMetrics) StartUnary(fullMethod string) UnaryCall {
 	mm := m.method(fullMethod, typeUnary)
 	mm.started.Add(1)
+	mark(&mm.hasStarted)
 	mm.received.Add(1)
 	mark(&mm.hasReceived)
 	return UnaryCall{mm}
@@ -258,7 +256,7 @@ func (c UnaryCall) End(err error, took time.Duration) {
 func (mm *methodMetrics) count(c codes.Code) {
 	if int(c) < len(mm.handled) {
 		mm.handled[c].Add(1)
-		mark(&mm.initialized[c])
+		mark(&mm.hasHandled[c])
 		return
 	}
 	mm.mu.Lock()
@@ -303,6 +301,7 @@ func (m *ServerMetrics) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		start := time.Now()
 		mm := m.method(info.FullMethod, methodType(info.IsClientStream, info.IsServerStream))
 		mm.started.Add(1)
+		mark(&mm.hasStarted)
 		err := handler(srv, &countedStream{ServerStream: ss, mm: mm})
 		mm.count(code(err))
 		mm.observe(time.Since(start))
